@@ -1,0 +1,104 @@
+"""The one command line of the project.
+
+    python beam_runner.py make-sample --output DIR [--pairs 2000] [--seed 0] [--format webdataset|parquet]
+    python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [Beam options]
+    python beam_runner.py report DIR
+    python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200]
+
+Bad usage prints one line, `error: ...`, and exits with status 2 before any work starts.
+"""
+
+import logging
+import os
+import sys
+import time
+
+from pipelines.usage import ArgumentParser, UsageError
+
+log = logging.getLogger("beam_runner")
+
+
+def make_sample(argv: list[str]) -> None:
+    from pipelines.sample_corpus import make_sample
+
+    parser = ArgumentParser(prog="beam_runner.py make-sample", description="Write a synthetic raw corpus in img2dataset's layout.")
+    parser.add_argument("--output", required=True, help="folder to write the shards into")
+    parser.add_argument("--pairs", type=int, default=2000, help="number of pairs (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--format", choices=["webdataset", "parquet"], default="webdataset", help="img2dataset's output_format")
+    args = parser.parse_args(argv)
+    if args.pairs < 1:
+        raise UsageError(f"--pairs must be >= 1, not {args.pairs}")
+    started = time.perf_counter()
+    record = make_sample(args.output, pairs=args.pairs, seed=args.seed, output_format=args.format)
+    expected = ", ".join(f"{reason} {n}" for reason, n in sorted(record["expected"].items()))
+    print(f"wrote {record['pairs']:,} pairs in {record['shards']} shards to {args.output} in {time.perf_counter() - started:.1f} s")
+    print(f"expected outcomes: {expected}")
+
+
+def stage1(argv: list[str]) -> None:
+    from pipelines import stage1
+
+    started = time.perf_counter()
+    report = stage1.run(argv)
+    seconds = time.perf_counter() - started
+    pairs = report["total"]["input"]
+    print(f"\nstage1: {pairs:,} pairs in {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s)")
+
+
+def report(argv: list[str]) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines import report as report_lib
+
+    parser = ArgumentParser(prog="beam_runner.py report", description="Print a stage-1 report again and draw its funnel.")
+    parser.add_argument("dir", help="a stage1 --output folder")
+    parser.add_argument("--chart", help="where to write the funnel chart (default DIR/funnel.png)")
+    args = parser.parse_args(argv)
+    if not FileSystems.exists(FileSystems.join(args.dir, "report.json")):
+        raise UsageError(f"no report.json in {args.dir}")
+    data = report_lib.read_report(args.dir)
+    print(report_lib.format_report(data))
+    chart = args.chart or FileSystems.join(args.dir, "funnel.png")
+    report_lib.write_chart(data, chart)
+    print(f"\nfunnel chart: {chart}")
+
+
+def inspect(argv: list[str]) -> None:
+    from pipelines import inspect as inspect_lib
+
+    parser = ArgumentParser(prog="beam_runner.py inspect", description="Show a Parquet file or folder: schema, rows, images.")
+    parser.add_argument("path", help="a Parquet file or a folder of them")
+    parser.add_argument("--rows", type=int, default=5, help="rows to show (default 5)")
+    parser.add_argument("--render", metavar="OUT.html", help="also write a contact sheet of images and captions")
+    parser.add_argument("--limit", type=int, default=200, help="rows in the contact sheet (default 200)")
+    args = parser.parse_args(argv)
+    try:
+        print(inspect_lib.describe(args.path, rows=args.rows))
+        if args.render:
+            cards = inspect_lib.render_html(args.path, args.render, limit=args.limit)
+            print(f"\ncontact sheet: {args.render} ({cards} rows)")
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+COMMANDS = {"make-sample": make_sample, "stage1": stage1, "report": report, "inspect": inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] not in COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv and not argv[0].startswith("-") else "no command"
+        print(f"error: {given}; use one of: {', '.join(COMMANDS)} (each takes --help)", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage-1 decisions as plain functions, usable without Beam: text rules, image rules, their config."""

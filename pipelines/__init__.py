@@ -1,0 +1,1 @@
+"""Beam wiring: read the sources, apply filters/ and formats/, write Parquet, count."""

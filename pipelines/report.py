@@ -1,0 +1,107 @@
+"""The stage-1 report: the paper's Table 2 per source, with a column per rule, as JSON, text and a chart.
+
+report.json holds, per source and in total: input, dropped per rule in pipeline order, kept, kept %, and
+the language split; then the settings used. Language ID comes with the model filters (issue 3): until
+then the split is by each source's configured language.
+"""
+
+import json
+
+from apache_beam.io.filesystems import FileSystems
+
+from filters.reasons import STAGE1_REASONS
+
+KEPT = "kept"
+
+
+def _summary(outcomes: dict[str, int]) -> dict:
+    kept = outcomes.get(KEPT, 0)
+    total = kept + sum(n for reason, n in outcomes.items() if reason != KEPT)
+    rules = list(STAGE1_REASONS) + sorted(set(outcomes) - set(STAGE1_REASONS) - {KEPT})
+    return {
+        "input": total,
+        "dropped": {reason: outcomes.get(reason, 0) for reason in rules},
+        "kept": kept,
+        "kept_pct": round(100 * kept / total, 2) if total else 0.0,
+    }
+
+
+def build_report(counts: list[tuple[tuple[str, str], int]], settings: dict) -> dict:
+    """The report from ((source, outcome), count) pairs, outcome being a reason or KEPT."""
+    by_source: dict[str, dict[str, int]] = {source: {} for source in settings["inputs"]}
+    for (source, outcome), n in counts:
+        by_source.setdefault(source, {})[outcome] = n
+    total: dict[str, int] = {}
+    languages: dict[str, int] = {}
+    sources = {}
+    for source, outcomes in sorted(by_source.items()):
+        for outcome, n in outcomes.items():
+            total[outcome] = total.get(outcome, 0) + n
+        language = settings["thresholds"][source]["language"]
+        languages[language] = languages.get(language, 0) + outcomes.get(KEPT, 0)
+        sources[source] = {"language": language, **_summary(outcomes)}
+    kept = sum(languages.values())
+    split = {lang: round(100 * n / kept, 2) if kept else 0.0 for lang, n in sorted(languages.items())}
+    return {
+        "stage": "stage1",
+        "rules": list(STAGE1_REASONS),
+        "sources": sources,
+        "total": {**_summary(total), "language_split_pct": split},
+        "settings": settings,
+    }
+
+
+def read_report(output: str) -> dict:
+    """DIR/report.json as a dict."""
+    with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:
+        return json.loads(f.read())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in rows]
+
+
+def format_report(report: dict) -> str:
+    """The report as two text tables: Table 2 (input, kept, kept %) and drops per rule."""
+    sources, total = report["sources"], report["total"]
+    lines = ["Stage 1 funnel (as the paper's Table 2)", ""]
+    rows = [[name, s["language"], f"{s['input']:,}", f"{s['kept']:,}", f"{s['kept_pct']:.1f}%"] for name, s in sources.items()]
+    rows.append(["total", "", f"{total['input']:,}", f"{total['kept']:,}", f"{total['kept_pct']:.1f}%"])
+    lines += _table(["source", "lang", "input", "kept", "kept %"], rows)
+    split = ", ".join(f"{lang} {pct:.1f}%" for lang, pct in total["language_split_pct"].items())
+    lines += ["", f"language split of kept pairs: {split or 'none kept'}", "", "Dropped per rule, in pipeline order", ""]
+    names = list(sources)
+    rows = [[reason] + [f"{sources[n]['dropped'].get(reason, 0):,}" for n in names] + [f"{count:,}"] for reason, count in total["dropped"].items()]
+    rows.append(["kept"] + [f"{sources[n]['kept']:,}" for n in names] + [f"{total['kept']:,}"])
+    lines += _table(["rule"] + names + ["total"], rows)
+    return "\n".join(lines)
+
+
+def write_chart(report: dict, path: str) -> None:
+    """A funnel chart (PNG): the share of each source's pairs left after each rule, in pipeline order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = [r for r, n in report["total"]["dropped"].items() if n]
+    steps = ["input"] + rules
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(steps) + 2), 4.5))
+    for name, s in report["sources"].items():
+        left, remaining = s["input"], []
+        for step in steps:
+            left -= s["dropped"].get(step, 0) if step != "input" else 0
+            remaining.append(100 * left / s["input"] if s["input"] else 0)
+        ax.step(range(len(steps)), remaining, where="post", marker="o", label=f"{name}: {s['kept_pct']:.1f}% kept")
+    ax.set_xticks(range(len(steps)), steps, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("pairs left, % of input")
+    ax.set_ylim(0, 105)
+    ax.set_title("Stage-1 funnel: pairs left after each rule")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with FileSystems.create(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)

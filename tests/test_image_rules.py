@@ -1,0 +1,66 @@
+import dataclasses
+import io
+
+import imagehash
+from PIL import Image
+
+from filters import reasons
+from filters.config import load_config
+from filters.image_rules import ImageInfo, check_image
+from filters.rule import Reject
+
+CFG = load_config(["laion-en"])["laion-en"]
+
+
+def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def gradient(width: int, height: int) -> Image.Image:
+    return Image.linear_gradient("L").resize((width, height)).convert("RGB")
+
+
+def test_good_jpeg_gives_size_format_and_phash():
+    data = encode(gradient(640, 480))
+    info = check_image(data, CFG)
+    assert isinstance(info, ImageInfo)
+    assert (info.format, info.width, info.height) == ("JPEG", 640, 480)
+    assert len(info.phash) == 16
+    # the reduced-scale decode hashes like a full decode of the same image, within a bit or two
+    assert imagehash.hex_to_hash(info.phash) - imagehash.phash(Image.open(io.BytesIO(data))) <= 2
+
+
+def test_good_png():
+    info = check_image(encode(gradient(300, 200), "PNG"), CFG)
+    assert (info.format, info.width, info.height) == ("PNG", 300, 200)
+
+
+def test_too_small():
+    assert check_image(encode(gradient(199, 400)), CFG) == Reject(reasons.IMAGE_TOO_SMALL, "199x400: shorter side < 200 px")
+    assert isinstance(check_image(encode(gradient(200, 400)), CFG), ImageInfo)
+
+
+def test_aspect_ratio():
+    assert check_image(encode(gradient(1000, 300)), CFG) == Reject(reasons.IMAGE_ASPECT_RATIO, "1000x300: ratio > 3")
+    assert isinstance(check_image(encode(gradient(900, 300)), CFG), ImageInfo)
+
+
+def test_decompression_bomb_is_rejected_from_the_header():
+    bomb = encode(Image.new("1", (12000, 12000)), "PNG")
+    assert len(bomb) < 100_000
+    assert check_image(bomb, CFG) == Reject(reasons.IMAGE_DECOMPRESSION_BOMB, "12000x12000 = 144000000 px > 89478485")
+    small_limit = dataclasses.replace(CFG, max_image_pixels=640 * 480 - 1)
+    assert check_image(encode(gradient(640, 480)), small_limit).reason == reasons.IMAGE_DECOMPRESSION_BOMB
+
+
+def test_undecodable():
+    data = encode(gradient(640, 480))
+    assert check_image(b"not an image at all", CFG) == Reject(reasons.IMAGE_UNDECODABLE, "not an image format PIL knows")
+    assert check_image(b"", CFG) == Reject(reasons.IMAGE_UNDECODABLE, "not an image format PIL knows")
+    truncated = check_image(data[: len(data) // 2], CFG)
+    assert truncated.reason == reasons.IMAGE_UNDECODABLE
+    assert truncated.detail.startswith("OSError: image file is truncated")
+    png = encode(gradient(400, 300), "PNG")
+    assert check_image(png[: len(png) // 2], CFG).reason == reasons.IMAGE_UNDECODABLE
