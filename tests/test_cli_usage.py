@@ -1,0 +1,74 @@
+"""Bad usage: one line on stderr, exit status 2, nothing written."""
+
+import pytest
+
+import beam_runner
+
+
+@pytest.fixture
+def shard(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00000.tar").write_bytes(b"")
+    return str(tmp_path / "in")
+
+
+def run(argv, capsys):
+    code = beam_runner.main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_no_command(capsys):
+    assert run([], capsys) == (2, "error: no command; use one of: make-sample, stage1, report, inspect (each takes --help)")
+    assert run(["stage9"], capsys)[1] == "error: unknown command 'stage9'; use one of: make-sample, stage1, report, inspect (each takes --help)"
+
+
+def test_missing_input_path(tmp_path, capsys):
+    code, err = run(["stage1", "--input", f"laion-en={tmp_path}/nope", "--output", str(tmp_path / "out")], capsys)
+    assert (code, err) == (2, f"error: --input laion-en: nothing matches {tmp_path}/nope")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_required_options(tmp_path, capsys):
+    assert run(["stage1", "--output", str(tmp_path)], capsys) == (2, "error: beam_runner.py stage1: the following arguments are required: --input")
+    assert run(["stage1", "--input", "laion-en"], capsys) == (2, "error: beam_runner.py stage1: the following arguments are required: --output")
+
+
+def test_bad_input_spec(tmp_path, capsys):
+    code, err = run(["stage1", "--input", "laion-en", "--output", str(tmp_path)], capsys)
+    assert (code, err) == (2, "error: --input 'laion-en': expected SOURCE=PATH_OR_GLOB, e.g. laion-en=/data/laion/")
+
+
+def test_unknown_source_in_config(tmp_path, shard, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[sources.laion-em]\nmin_words = 1\n")
+    code, err = run(["stage1", "--input", f"laion-en={shard}", "--output", str(tmp_path / "out"), "--config", str(config)], capsys)
+    assert (code, err) == (2, f"error: {config}: unknown source 'laion-em' (inputs: laion-en)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonsense_threshold(tmp_path, shard, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("[sources.laion-en]\nmax_aspect_ratio = 0\n")
+    code, err = run(["stage1", "--input", f"laion-en={shard}", "--output", str(tmp_path / "out"), "--config", str(config)], capsys)
+    assert (code, err) == (2, "error: source laion-en: max_aspect_ratio must be >= 1, not 0.0")
+
+
+def test_unknown_option(tmp_path, shard, capsys):
+    code, err = run(["stage1", "--input", f"laion-en={shard}", "--output", str(tmp_path / "out"), "--confg", "x.toml"], capsys)
+    assert (code, err) == (2, "error: unknown option --confg (neither stage1's nor a Beam pipeline option)")
+
+
+def test_same_source_twice(tmp_path, shard, capsys):
+    code, err = run(["stage1", "--input", f"a={shard}", "--input", f"a={shard}", "--output", str(tmp_path / "out")], capsys)
+    assert (code, err) == (2, "error: --input names a source twice: a, a")
+
+
+def test_report_and_inspect_on_missing_paths(tmp_path, capsys):
+    assert run(["report", str(tmp_path)], capsys) == (2, f"error: no report.json in {tmp_path}")
+    code, err = run(["inspect", str(tmp_path / "nope.parquet")], capsys)
+    assert code == 2 and err.startswith("error: ") and "\n" not in err
+
+
+def test_make_sample_bad_pairs(tmp_path, capsys):
+    assert run(["make-sample", "--output", str(tmp_path), "--pairs", "0"], capsys) == (2, "error: --pairs must be >= 1, not 0")
