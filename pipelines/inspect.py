@@ -19,9 +19,12 @@ from PIL import Image, UnidentifiedImageError
 MAX_TEXT = 200  # characters of a string shown by `describe`
 LIST_ITEMS = 3  # items of a list shown by `describe`
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail
-BATCH_ROWS = 64  # rows per read: small, so a few rows never pull a whole row group of images
-READ_BUFFER = 1 << 20  # buffered reads fetch a column chunk page by page, not whole
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)  # as filters/image_rules.py
+BATCH_ROWS = 64  # rows per read at most: a few rows never pull a whole row group of images
+# pyarrow's defaults (pre_buffer=True, buffer_size=0) read a whole column chunk before the first row;
+# buffered reads without pre-buffering fetch it page by page, only as far as the rows read.
+READ_OPTIONS = dict(pre_buffer=False, buffer_size=1 << 20)
+# What PIL raises on bad bytes, as in filters/image_rules.py.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def _footer(file: Path) -> pq.FileMetaData:
@@ -56,12 +59,14 @@ class _Dataset:
 
     def head(self, n: int, columns: list[str] | None = None) -> list[dict]:
         """The first n rows (of the given columns), as dicts of Python values."""
-        return list(islice(self._rows(columns), max(n, 0)))
+        if n <= 0:
+            return []
+        return list(islice(self._rows(columns, min(n, BATCH_ROWS)), n))
 
-    def _rows(self, columns):
+    def _rows(self, columns, batch_size):
         for f in self.files:
-            with pq.ParquetFile(f, buffer_size=READ_BUFFER) as parquet:
-                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            with pq.ParquetFile(f, **READ_OPTIONS) as parquet:
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
                     yield from batch.to_pylist()
 
 
@@ -152,8 +157,8 @@ def _card(row: dict) -> str:
     if image is not None:
         parts.append(f'<div class="size">{html.escape(_image_summary(image))}</div>')
     if "reason" in row:
-        reason = html.escape(str(row["reason"]))
-        detail = html.escape(row["detail"] or "")
+        reason = html.escape(row["reason"] or "")
+        detail = html.escape(row.get("detail") or "")
         parts.append(f'<div class="reason"><b>{reason}</b> {detail}</div>')
     caption = row.get("caption")
     if caption is None:
@@ -161,7 +166,7 @@ def _card(row: dict) -> str:
     else:
         parts.append(f'<p class="caption">{html.escape(caption)}</p>')
     for name in ("uid", "key"):
-        parts.append(f'<div class="meta">{name} <code>{html.escape(str(row.get(name)))}</code></div>')
+        parts.append(f'<div class="meta">{name} <code>{html.escape(_value(row.get(name)))}</code></div>')
     kind = "card rejected" if "reason" in row else "card"
     return f'<div class="{kind}">\n' + "\n".join(parts) + "\n</div>"
 
@@ -173,7 +178,8 @@ h1 { font-size: 18px; margin: 0 0 4px; overflow-wrap: anywhere; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 16px; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px; }
 .card.rejected { border-color: #e0a0a0; }
-.thumb { height: 256px; display: flex; align-items: center; justify-content: center; background: #f0f0f0; }
+.thumb { box-sizing: border-box; height: 256px; background: #f0f0f0;
+         display: flex; align-items: center; justify-content: center; }
 .thumb img { max-width: 100%; max-height: 256px; }
 .thumb.none { background: #ccc; color: #444; padding: 12px; text-align: center; overflow-wrap: anywhere; }
 .size { color: #888; font-size: 12px; margin-top: 4px; }
