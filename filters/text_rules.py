@@ -2,9 +2,9 @@
 
 Cleaning rewrites the caption and keeps the pair:
 - `clean_html`: comments, scripts and styles go with their content; other tags go (block tags leave a
-  space, inline tags nothing); then entities are unescaped, once.
+  space, inline tags nothing); then entities are unescaped, once, and tags that were escaped go too.
 - `clean_irregular`: URLs, e-mail addresses, camera file names (IMG_1234, DSC01234), image file names
-  (photo.jpg), pixel sizes (1920x1080), control and zero-width characters, decoration runs (----, ****),
+  (photo.jpg), pixel sizes (1920x1080, not 24 x 36), control and zero-width characters, decoration runs (----, ****),
   repeated punctuation (!!! -> !, ..... -> ...), empty brackets left behind, and runs of whitespace.
 
 Drops (each returns a Reject or None):
@@ -38,7 +38,9 @@ def clean_html(text: str) -> str:
     text = _HTML_DROP_WITH_CONTENT.sub(" ", text)
     text = _HTML_INLINE_TAG.sub("", text)
     text = _HTML_OTHER_TAG.sub(" ", text)
-    return html.unescape(text)
+    text = html.unescape(text)
+    # escaped markup (&lt;b&gt;) is still markup once unescaped: remove the tags it became, once more
+    return _HTML_OTHER_TAG.sub(" ", _HTML_INLINE_TAG.sub("", text))
 
 
 _IRREGULAR = re.compile(
@@ -49,7 +51,7 @@ _IRREGULAR = re.compile(
             r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b",  # e-mail addresses
             r"[\w-]+\.(?:jpe?g|png|gif|webp|bmp|tiff?)\b",  # image file names
             r"\b(?:IMG|DSC|DSCN|DSCF|PXL|VID)[_-]?\d+\w*",  # camera file names
-            r"\b\d{2,5}\s?[x×]\s?\d{2,5}\b",  # pixel sizes such as 1920x1080
+            r"\b\d{3,5}[x×]\d{3,5}(?:\s?px)?\b",  # pixel sizes such as 1920x1080 (not "24 x 36 inches")
         ]
     ),
     re.IGNORECASE,

@@ -18,6 +18,7 @@ import posixpath
 import tarfile
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -51,13 +52,12 @@ def _file_reject(source: str, path: str, reason: str, detail: str) -> RawPair:
 
 
 def _shard_metadata(tar_path: str) -> dict[str, dict]:
-    """img2dataset's per-shard parquet beside a tar: key -> url, status, error_message (empty if absent)."""
+    """img2dataset's per-shard parquet beside a tar: key -> its row (empty if there is none)."""
     meta_path = tar_path[: -len(".tar")] + ".parquet"
     if not FileSystems.exists(meta_path):
         return {}
-    with FileSystems.open(meta_path) as f:
-        table = pq.read_table(f, columns=["key", "url", "status", "error_message"])
-    return {row["key"]: row for row in table.to_pylist()}
+    wanted = ("key", "url", "caption", "status", "error_message")
+    return {row["key"]: row for batch in _parquet_batches(meta_path, wanted) for row in batch}
 
 
 def _tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -115,7 +115,8 @@ def read_webdataset(source: str, path: str) -> Iterator[RawPair]:
         if key in seen:
             continue
         if row["status"] != "success":
-            yield RawPair(source, key, row["url"], None, None, Reject(reasons.DOWNLOAD_FAILED, str(row["error_message"])))
+            failed = Reject(reasons.DOWNLOAD_FAILED, str(row["error_message"]))
+            yield RawPair(source, key, row["url"], row.get("caption"), None, failed)
         else:
             detail = f"not in {_name(path)}: {cut}" if cut else f"listed in the shard's parquet, not in {_name(path)}"
             seen.add(key)
@@ -135,6 +136,10 @@ def _parquet_batches(path: str, wanted: tuple[str, ...]) -> Iterator[list[dict]]
         parquet = pq.ParquetFile(f)
         columns = [c for c in parquet.schema_arrow.names if c in wanted]
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            # captions as bytes: a string column can hold bytes that are not UTF-8, which the rules reject
+            for i, name in enumerate(batch.schema.names):
+                if name in CAPTION_COLUMNS and pa.types.is_string(batch.schema.types[i]):
+                    batch = batch.set_column(i, name, batch.column(i).cast(pa.binary()))
             yield batch.to_pylist()
 
 

@@ -1,0 +1,124 @@
+"""Stage-1 throughput and memory: pairs/s per core on make-sample corpora, one core and two.
+
+    python bench/stage1.py [--pairs 20000 100000] [--workdir /tmp/qwen-vl-bench]
+
+For each corpus size it runs `beam_runner.py stage1` as a user would (in-process runner, then
+multi-processing on every core), samples the proportional set size (PSS) of the whole process tree, and
+prints pairs/s, pairs/s per core and peak memory. The baseline, measured in the same run on the same
+corpus: the same readers and rules in a plain Python loop on one core, without Beam, so the ratio shows
+what the pipeline costs over the bare work. The peer Data-Juicer's figure on this kind of machine
+(MEASUREMENTS.md: 86-90 pairs/s per core for an equivalent recipe) is printed beside it for reference.
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from filters.config import load_config  # noqa: E402
+from filters.stage1 import apply_rules  # noqa: E402
+from pipelines.readers import read_webdataset  # noqa: E402
+from pipelines.sample_corpus import make_sample  # noqa: E402
+
+DATA_JUICER_PAIRS_PER_CORE = 86  # MEASUREMENTS.md, same kind of machine, 20,000 pairs
+
+
+def corpus(workdir: Path, pairs: int) -> Path:
+    """A make-sample corpus of `pairs` pairs, made once and reused by later runs."""
+    path = workdir / f"raw-{pairs}"
+    if not (path / "injected.json").exists():
+        started = time.perf_counter()
+        make_sample(str(path), pairs=pairs, seed=0)
+        print(f"  made {pairs:,} pairs in {time.perf_counter() - started:.0f} s")
+    return path
+
+
+def plain_loop(raw: Path) -> float:
+    """Pairs/s of the readers and rules in a plain loop on one core: the baseline."""
+    cfg = load_config(["bench"])["bench"]
+    count, started = 0, time.perf_counter()
+    for shard in sorted(glob.glob(str(raw / "*.tar"))):
+        for pair in read_webdataset("bench", shard):
+            apply_rules(pair, cfg)
+            count += 1
+    return count / (time.perf_counter() - started)
+
+
+def _tree_pss_kb(pid: int) -> int:
+    """PSS of a process and all its descendants, in KiB, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in open(f"/proc/{p}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def run_stage1(raw: Path, out: Path, workers: int) -> tuple[float, float, int]:
+    """(seconds, peak PSS in GB, pairs) of one stage1 run as a subprocess."""
+    command = [sys.executable, str(ROOT / "beam_runner.py"), "stage1", "--input", f"bench={raw}", "--output", str(out)]
+    if workers > 1:
+        command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    peak = 0
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_pss_kb(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    _, err = process.communicate()
+    done.set()
+    sampler.join()
+    seconds = time.perf_counter() - started
+    if process.returncode:
+        raise SystemExit(f"stage1 failed:\n{err[-2000:]}")
+    pairs = json.loads((out / "report.json").read_text())["total"]["input"]
+    return seconds, peak / 1024 / 1024, pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--workdir", default="/tmp/qwen-vl-bench")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    cores = os.cpu_count()
+    print(f"machine: {cores} cores, python {sys.version.split()[0]}")
+    for pairs in args.pairs:
+        print(f"\n{pairs:,} pairs")
+        raw = corpus(workdir, pairs)
+        baseline = plain_loop(raw)
+        print(f"  baseline, plain loop of readers + rules, 1 core: {baseline:,.0f} pairs/s")
+        for workers in sorted({1, cores}):
+            seconds, peak_gb, done = run_stage1(raw, workdir / f"out-{pairs}-{workers}", workers)
+            rate = done / seconds
+            print(
+                f"  stage1, {workers} core(s): {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, "
+                f"{rate / workers:,.0f} per core; peak PSS {peak_gb:.2f} GB; "
+                f"ratio to baseline {rate / workers / baseline:.2f}; "
+                f"{rate / workers / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
+            )
+
+
+if __name__ == "__main__":
+    main()

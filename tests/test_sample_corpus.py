@@ -1,0 +1,242 @@
+"""The synthetic corpus: deterministic, in img2dataset's layouts, and every pair gets its recorded outcome."""
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from filters import reasons
+from filters.config import load_config
+from filters.pair import RawPair
+from filters.rule import Reject
+from filters.stage1 import apply_rules
+from pipelines import sample_corpus as sc
+from pipelines.sample_corpus import KINDS, METADATA_SCHEMA, make_sample
+
+# filters/image_rules.py silences this warning at import, but pytest restores the filters for each test.
+CFG = load_config(["laion-en"])["laion-en"]
+PAIRS, SHARD_SIZE = 300, 120  # 3 shards of 120, 120 and 60; keys have 3 + 5 digits
+METADATA_COLUMNS = ["caption", "url", "key", "status", "error_message", "width", "height", "original_width",
+                    "original_height", "exif", "sha256"]
+STATS_FIELDS = ["count", "successes", "failed_to_download", "failed_to_resize", "duration", "start_time",
+                "end_time", "status_dict"]
+
+
+@pytest.fixture(scope="module")
+def webdataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("webdataset")
+    make_sample(str(out), PAIRS, seed=0, shard_size=SHARD_SIZE, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def parquet(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("parquet")
+    make_sample(str(out), PAIRS, seed=0, output_format="parquet", shard_size=SHARD_SIZE, workers=2)
+    return out
+
+
+def injected(folder: Path) -> dict:
+    return json.loads((folder / "injected.json").read_text(encoding="utf-8"))
+
+
+def read_pairs(folder: Path) -> dict[str, RawPair]:
+    """A small reader of both layouts: every sample as a RawPair, by key."""
+    pairs = {}
+    for meta_file in sorted(folder.glob("[0-9]*.parquet")):
+        table = pq.read_table(meta_file)
+        captions = table.column("caption").cast(pa.binary()).to_pylist()
+        rows = table.drop_columns(["caption"]).to_pylist()
+        members: dict[str, dict[str, bytes]] = {}
+        tar_file = meta_file.with_suffix(".tar")
+        if tar_file.exists():
+            with tarfile.open(tar_file) as tar:
+                for info in tar:
+                    key, ext = info.name.split(".", 1)
+                    members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+        for row, caption in zip(rows, captions):
+            key = row["key"]
+            if row["status"] != "success":
+                reject = Reject(reasons.DOWNLOAD_FAILED, row["error_message"])
+                pairs[key] = RawPair("laion-en", key, row["url"], caption, None, reject=reject)
+            elif tar_file.exists():
+                sample = members[key]
+                pairs[key] = RawPair("laion-en", key, row["url"], sample.get("txt"), sample["jpg"])
+            else:
+                pairs[key] = RawPair("laion-en", key, row["url"], caption, row["jpg"])
+    return pairs
+
+
+def test_every_pair_gets_exactly_its_recorded_outcome(webdataset, parquet):
+    for folder in (webdataset, parquet):
+        expected = injected(folder)["by_key"]
+        pairs = read_pairs(folder)
+        assert sorted(pairs) == sorted(expected)
+        for key, pair in pairs.items():
+            kept, row = apply_rules(pair, CFG)
+            want = expected[key]
+            got = "curated" if kept else row["reason"]
+            assert got == want["expect"], (folder.name, key, want["kind"], row.get("detail"), row["caption"])
+            if kept:
+                assert row["caption"] == want["caption"], (key, want["kind"], pair.caption)
+
+
+def outcome(caption: bytes) -> tuple[str, str]:
+    """What stage 1 makes of this caption beside a clean image: (curated or reason, cleaned caption)."""
+    image, _ = sc._clean_jpeg(np.random.default_rng(0))
+    kept, row = apply_rules(RawPair("laion-en", "k", None, caption, image), CFG)
+    return ("curated" if kept else row["reason"]), row["caption"]
+
+
+def test_every_template_and_list_entry_gives_its_outcome():
+    """The corpus samples from these lists; here each entry is checked once, sampled or not."""
+    parts = ("a red vintage car", "next to a river at sunset", "夕阳下的海滩，城市的夜景", "2041")
+    for raw, cleaned in sc.HTML_TEMPLATES + sc.IRREGULAR_TEMPLATES:
+        assert outcome(sc._fill(raw, *parts).encode()) == ("curated", sc._fill(cleaned, *parts)), raw
+    for emoji in sc.EMOJIS:
+        assert outcome(f"a red vintage car {emoji}".encode())[0] == reasons.CAPTION_HAS_EMOJI, emoji
+    for foreign in sc.FOREIGN:
+        assert outcome(foreign.encode())[0] == reasons.CAPTION_FOREIGN_CHARS, foreign
+    for short in sc.SHORT_CAPTIONS:
+        assert outcome(short.encode())[0] == reasons.CAPTION_TOO_SHORT, short
+    for template in sc.SPECIAL_TAG_TEMPLATES:
+        assert outcome(template.replace("{a}", parts[1]).encode())[0] == reasons.CAPTION_SPECIAL_TAG
+    for phrase in sc.CHINESE_PHRASES:
+        assert outcome(phrase.encode())[0] == ("curated" if len(phrase) >= 4 else reasons.CAPTION_TOO_SHORT)
+        with pytest.raises(UnicodeDecodeError) as bad:  # GBK bytes stay invalid UTF-8 whatever follows
+            phrase.encode("gbk").decode("utf-8")
+        assert bad.value.reason != "unexpected end of data", phrase
+
+
+def test_every_kind_is_present_and_counted(webdataset):
+    record = injected(webdataset)
+    by_key = record["by_key"]
+    assert record["pairs"] == PAIRS and record["seed"] == 0 and record["shards"] == 3
+    assert record["output_format"] == "webdataset"
+    assert set(record["counts_by_kind"]) == set(KINDS)
+    assert record["counts_by_kind"] == dict(Counter(r["kind"] for r in by_key.values()))
+    assert record["counts_by_kind"]["decompression_bomb"] == 1
+    assert record["expected"] == dict(Counter(r["expect"] for r in by_key.values()))
+    assert sum(record["expected"].values()) == PAIRS
+    kept = record["expected"]["curated"] / PAIRS
+    assert 0.55 <= kept <= 0.65
+    for r in by_key.values():
+        assert r["expect"] == KINDS[r["kind"]][1]
+        assert ("caption" in r) == (r["expect"] == "curated")
+        if r["kind"] in ("exact_duplicate", "near_duplicate"):
+            assert "duplicate_of" in r
+        elif r["kind"] != "multi_caption":
+            assert "duplicate_of" not in r
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_worker_count(webdataset, tmp_path):
+    make_sample(str(tmp_path), PAIRS, seed=0, shard_size=SHARD_SIZE, workers=1)
+    names = sorted(p.name for p in webdataset.iterdir())
+    assert names == sorted(p.name for p in tmp_path.iterdir())
+    for name in names:
+        assert (webdataset / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+def test_another_seed_gives_other_content(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    make_sample(str(one), 20, seed=1, workers=1)
+    make_sample(str(two), 20, seed=2, workers=1)
+    assert (one / "00000.tar").read_bytes() != (two / "00000.tar").read_bytes()
+
+
+def test_both_layouts_hold_the_same_keys_images_and_captions(webdataset, parquet):
+    wds, pqt = read_pairs(webdataset), read_pairs(parquet)
+    assert sorted(wds) == sorted(pqt)
+    for key in wds:
+        assert (wds[key].image, wds[key].url) == (pqt[key].image, pqt[key].url), key
+        if wds[key].reject is None:
+            assert wds[key].caption == pqt[key].caption, key
+    assert injected(webdataset)["by_key"] == injected(parquet)["by_key"]
+
+
+def test_webdataset_layout(webdataset):
+    shards = ["00000", "00001", "00002"]
+    files = sorted(p.name for p in webdataset.iterdir())
+    assert files == sorted([f"{s}{end}" for s in shards for end in (".tar", ".parquet", "_stats.json")] + ["injected.json"])
+    by_key = injected(webdataset)["by_key"]
+    for shard, count in zip(shards, (120, 120, 60)):
+        table = pq.read_table(webdataset / f"{shard}.parquet")
+        assert table.schema == METADATA_SCHEMA and table.schema.names == METADATA_COLUMNS
+        keys = table.column("key").to_pylist()
+        assert keys == [f"{int(shard):05d}{i:03d}" for i in range(count)]
+        statuses = table.column("status").to_pylist()
+        stats = json.loads((webdataset / f"{shard}_stats.json").read_text())
+        assert list(stats) == STATS_FIELDS
+        failed = statuses.count("failed_to_download")
+        assert (stats["count"], stats["successes"], stats["failed_to_download"]) == (count, count - failed, failed)
+        assert stats["status_dict"]["success"] == count - failed
+        assert sum(stats["status_dict"].values()) == count
+        with tarfile.open(webdataset / f"{shard}.tar") as tar:
+            infos = tar.getmembers()
+        expected_names = []
+        for key, status in zip(keys, statuses):
+            if status == "success":
+                has_txt = by_key[key]["kind"] != "no_caption"
+                expected_names += [f"{key}.jpg", f"{key}.json"] + ([f"{key}.txt"] if has_txt else [])
+            else:
+                assert by_key[key]["kind"] == "failed_download"
+        assert [i.name for i in infos] == expected_names
+        assert {(i.mtime, i.mode, i.uname, i.gname, i.uid, i.gid) for i in infos} == {(1_700_000_000, 0o444, "bigdata", "bigdata", 0, 0)}
+    with tarfile.open(webdataset / "00001.tar") as tar:
+        first = next(i for i in tar if i.name.endswith(".json"))
+        meta = json.loads(tar.extractfile(first).read())
+        image = tar.extractfile(first.name.replace(".json", ".jpg")).read()
+    assert list(meta) == METADATA_COLUMNS
+    assert meta["key"] == first.name[:-5] and meta["key"].startswith("00001")
+    assert (meta["status"], meta["error_message"], meta["width"], meta["exif"]) == ("success", None, None, "{}")
+    assert meta["sha256"] == hashlib.sha256(image).hexdigest()
+
+
+def test_parquet_layout(parquet):
+    files = sorted(p.name for p in parquet.iterdir())
+    assert files == ["00000.parquet", "00000_stats.json", "00001.parquet", "00001_stats.json", "00002.parquet",
+                     "00002_stats.json", "injected.json"]
+    table = pq.read_table(parquet / "00002.parquet")
+    assert table.schema.names == METADATA_COLUMNS + ["jpg"]
+    assert table.schema.field("jpg").type == pa.binary()
+    assert table.num_rows == 60
+    for status, image, sha in zip(*(table.column(c).to_pylist() for c in ("status", "jpg", "sha256"))):
+        assert (status == "success") == (image is not None)
+        assert sha == (hashlib.sha256(image).hexdigest() if image else None)
+
+
+def _phash(data: bytes) -> imagehash.ImageHash:
+    return imagehash.phash(Image.open(io.BytesIO(data)))
+
+
+def test_duplicates_are_what_they_claim_and_other_images_are_distinct(webdataset):
+    pairs, by_key = read_pairs(webdataset), injected(webdataset)["by_key"]
+    groups = Counter()
+    for key, r in by_key.items():
+        original = r.get("duplicate_of")
+        if original is None:
+            continue
+        assert original < key and "duplicate_of" not in by_key[original]
+        if r["kind"] == "near_duplicate":
+            assert pairs[key].image != pairs[original].image
+            assert _phash(pairs[key].image) - _phash(pairs[original].image) <= 4, key
+        else:
+            assert pairs[key].image == pairs[original].image, key
+        if r["kind"] == "multi_caption":
+            assert by_key[original]["kind"] == "multi_caption"
+            assert pairs[key].url == pairs[original].url
+            groups[original] += 1
+    assert groups and set(groups.values()) <= {1, 2, 3}  # groups of 2 to 4 pairs
+    hashes = [_phash(pairs[key].image) for key, r in by_key.items() if "duplicate_of" not in r
+              and r["kind"] not in ("failed_download", "corrupt_image", "truncated_jpeg", "decompression_bomb")]
+    assert len(hashes) > 200
+    assert min(a - b for i, a in enumerate(hashes) for b in hashes[i + 1:]) >= 10
