@@ -1,8 +1,8 @@
 """Image rules of the Qwen-VL stage-1 recipe: decodable, not a decompression bomb, large enough, not too
 elongated (QWEN_VL_SPEC section 1, rules 1 and 2).
 
-`check_image` reads the header first (format and size, no pixels), so a bomb or a tiny image is rejected
-without decoding. Only an image that passes is decoded, once, to prove its bytes are whole: JPEGs with
+`check_header` reads the header only (format and size, no pixels), so a bomb or a tiny image is rejected
+without decoding. `decode_phash` decodes an image that passed, once, to prove its bytes are whole: JPEGs with
 libjpeg's DCT scaling (the entropy-coded data is still read to the end, so truncation and corruption
 surface) at the smallest scale that keeps 32 px a side, which is also the pHash input. PIL's
 LOAD_TRUNCATED_IMAGES stays off: a cut-off image is an error, never grey-filled.
@@ -26,27 +26,32 @@ PHASH_INPUT_PX = 32  # imagehash.phash resizes to 32x32: decoding finer than tha
 
 
 @dataclass(frozen=True)
-class ImageInfo:
+class ImageHeader:
     format: str  # as PIL names it: JPEG, PNG, WEBP, GIF...
     width: int
     height: int
-    phash: str  # imagehash's 64-bit perceptual hash, 16 hex digits
 
 
 def _decode_error(e: Exception) -> Reject:
     return Reject(reasons.IMAGE_UNDECODABLE, f"{type(e).__name__}: {e}")
 
 
-def check_image(data: bytes, cfg: SourceConfig) -> ImageInfo | Reject:
-    """The image's format, size and pHash, or the first rule it fails."""
+def _open(data: bytes) -> Image.Image | Reject:
     try:
-        image = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         return Reject(reasons.IMAGE_DECOMPRESSION_BOMB, str(e))
     except UnidentifiedImageError:
         return Reject(reasons.IMAGE_UNDECODABLE, "not an image format PIL knows")
     except (OSError, SyntaxError, ValueError) as e:
         return _decode_error(e)
+
+
+def check_header(data: bytes, cfg: SourceConfig) -> ImageHeader | Reject:
+    """The image's format and size from its header alone (no pixels decoded), or the rule it fails."""
+    image = _open(data)
+    if isinstance(image, Reject):
+        return image
     width, height = image.size
     if width * height > cfg.max_image_pixels:
         return Reject(reasons.IMAGE_DECOMPRESSION_BOMB, f"{width}x{height} = {width * height} px > {cfg.max_image_pixels}")
@@ -54,10 +59,19 @@ def check_image(data: bytes, cfg: SourceConfig) -> ImageInfo | Reject:
         return Reject(reasons.IMAGE_TOO_SMALL, f"{width}x{height}: shorter side < {cfg.min_side_px} px")
     if min(width, height) == 0 or max(width, height) / min(width, height) > cfg.max_aspect_ratio:
         return Reject(reasons.IMAGE_ASPECT_RATIO, f"{width}x{height}: ratio > {cfg.max_aspect_ratio:g}")
+    return ImageHeader(format=image.format, width=width, height=height)
+
+
+def decode_phash(data: bytes) -> str | Reject:
+    """Decode the image once, at the smallest scale that keeps 32 px a side, and return its pHash
+    (imagehash, 16 hex digits); a truncated or corrupt image is IMAGE_UNDECODABLE. Run it only on an
+    image whose header passed `check_header`: this is where the pixels are paid for."""
+    image = _open(data)
+    if isinstance(image, Reject):
+        return image
     try:
         image.draft("L", (PHASH_INPUT_PX, PHASH_INPUT_PX))
         image.load()
-        phash = str(imagehash.phash(image))
+        return str(imagehash.phash(image))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         return _decode_error(e)
-    return ImageInfo(format=image.format, width=width, height=height, phash=phash)

@@ -3,8 +3,8 @@
     python beam_runner.py stage1 --input laion-en=/data/laion-en/ --input cc12m=/data/cc12m/*.tar \\
         --output /data/stage1 [--config my.toml] [Beam options, e.g. --runner DataflowRunner ...]
 
-The graph: read each source's files (a DoFn per file, spread over workers), apply every rule to every
-pair (filters/stage1.py), write the two outputs with Beam's Parquet sink, and count (source, outcome)
+The graph: read each source's files (a DoFn per file, spread over workers), apply the rules that need no
+pixels to every pair, then decode the images that pass, once (filters/stage1.py), write the two outputs with Beam's Parquet sink, and count (source, outcome)
 into the report. Every pair ends in exactly one output. A rerun into the same --output first removes the
 Parquet files an earlier run left there, so the folder never mixes two runs.
 """
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from filters.config import ConfigError, SourceConfig, load_config
 from filters.pair import RawPair
-from filters.stage1 import apply_rules
+from filters.stage1 import curate
 from formats import schemas
 from pipelines import report as report_lib
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
@@ -71,8 +71,11 @@ class ReadSource(beam.PTransform):
         )
 
 
-class ApplyRules(beam.DoFn):
-    """filters.stage1.apply_rules on each pair: curated rows out the main output, rejects tagged."""
+class Curate(beam.DoFn):
+    """filters.stage1.curate on each pair: curated rows out the main output, rejects tagged.
+
+    One DoFn with two outputs, on purpose: the rules and the decode as two DoFns whose rejects were
+    flattened lost rejects under the FnApiRunner's multi_processing mode (Beam 2.77)."""
 
     REJECTED = "rejected"
 
@@ -80,7 +83,7 @@ class ApplyRules(beam.DoFn):
         self.configs, self.keep_rejected_images = configs, keep_rejected_images
 
     def process(self, pair: RawPair):
-        kept, row = apply_rules(pair, self.configs[pair.source], self.keep_rejected_images)
+        kept, row = curate(pair, self.configs[pair.source], self.keep_rejected_images)
         if kept:
             Metrics.counter("stage1", report_lib.KEPT).inc()
             yield row
@@ -115,10 +118,8 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_reje
     """Add the stage-1 graph to pipeline `p`."""
     total_files = sum(len(inp.files) for inp in inputs)
     pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp, total_files) for inp in inputs] | "AllPairs" >> beam.Flatten()
-    outputs = pairs | "ApplyRules" >> beam.ParDo(ApplyRules(configs, keep_rejected_images)).with_outputs(
-        ApplyRules.REJECTED, main="curated"
-    )
-    curated, rejected = outputs.curated, outputs[ApplyRules.REJECTED]
+    outputs = pairs | "Curate" >> beam.ParDo(Curate(configs, keep_rejected_images)).with_outputs(Curate.REJECTED, main="curated")
+    curated, rejected = outputs.curated, outputs[Curate.REJECTED]
     for name, rows, schema in (("curated", curated, schemas.CURATED), ("rejected", rejected, schemas.REJECTED)):
         rows | f"Write[{name}]" >> beam.io.WriteToParquet(
             FileSystems.join(output, name, "part"), schema, codec="zstd", file_name_suffix=".parquet"

@@ -18,7 +18,7 @@ from filters import reasons
 from filters.config import load_config
 from filters.pair import RawPair
 from filters.rule import Reject
-from filters.stage1 import apply_rules
+from filters.stage1 import curate
 from pipelines import sample_corpus as sc
 from pipelines.sample_corpus import KINDS, METADATA_SCHEMA, make_sample
 
@@ -82,7 +82,7 @@ def test_every_pair_gets_exactly_its_recorded_outcome(webdataset, parquet):
         pairs = read_pairs(folder)
         assert sorted(pairs) == sorted(expected)
         for key, pair in pairs.items():
-            kept, row = apply_rules(pair, CFG)
+            kept, row = curate(pair, CFG)
             want = expected[key]
             got = "curated" if kept else row["reason"]
             assert got == want["expect"], (folder.name, key, want["kind"], row.get("detail"), row["caption"])
@@ -93,7 +93,7 @@ def test_every_pair_gets_exactly_its_recorded_outcome(webdataset, parquet):
 def outcome(caption: bytes) -> tuple[str, str]:
     """What stage 1 makes of this caption beside a clean image: (curated or reason, cleaned caption)."""
     image, _ = sc._clean_jpeg(np.random.default_rng(0))
-    kept, row = apply_rules(RawPair("laion-en", "k", None, caption, image), CFG)
+    kept, row = curate(RawPair("laion-en", "k", None, caption, image), CFG)
     return ("curated" if kept else row["reason"]), row["caption"]
 
 

@@ -99,3 +99,11 @@ def test_report_tables_and_chart(tmp_path):
     with Image.open(tmp_path / "funnel.png") as chart:
         assert chart.format == "PNG" and chart.width > 400
     assert json.loads(json.dumps(report)) == report
+
+
+def test_multi_processing_runner_gives_the_same_rows(webdataset_run, tmp_path):
+    root, _, _ = webdataset_run
+    argv = ["--input", f"laion-en={root / 'raw'}", "--output", str(tmp_path / "out")]
+    stage1.run(argv + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    for name in ("curated", "rejected"):
+        assert rows(tmp_path / "out" / name) == rows(root / "out" / name)
