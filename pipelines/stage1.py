@@ -114,6 +114,11 @@ class WriteReport(beam.PTransform):
         )
 
 
+def _codecs(schema) -> dict[str, str]:
+    """zstd for every column but the encoded images, which it cannot shrink: compressing them costs time."""
+    return {name: "none" if name == "image" else "zstd" for name in schema.names}
+
+
 def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_rejected_images: bool = True):
     """Add the stage-1 graph to pipeline `p`."""
     total_files = sum(len(inp.files) for inp in inputs)
@@ -122,7 +127,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_reje
     curated, rejected = outputs.curated, outputs[Curate.REJECTED]
     for name, rows, schema in (("curated", curated, schemas.CURATED), ("rejected", rejected, schemas.REJECTED)):
         rows | f"Write[{name}]" >> beam.io.WriteToParquet(
-            FileSystems.join(output, name, "part"), schema, codec="zstd", file_name_suffix=".parquet"
+            FileSystems.join(output, name, "part"), schema, codec=_codecs(schema), file_name_suffix=".parquet"
         )
     settings = {
         "inputs": {inp.source: {"layout": inp.layout, "files": len(inp.files)} for inp in inputs},
