@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) beam_runner.py make-sample --output demo/raw
 	$(PY) beam_runner.py stage1 --input laion-en=demo/raw --output demo/stage1
-	$(PY) beam_runner.py report demo/stage1
+	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
+	@echo "funnel chart: demo/stage1/funnel.png; rejected pairs to look at: demo/rejected.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -174,7 +174,8 @@ def prepare(argv: list[str]):
 
 
 def run(argv: list[str]) -> dict:
-    """Run stage 1 and return its report (also written to OUTPUT/report.json and printed)."""
+    """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png
+    and printed)."""
     args, inputs, configs, options = prepare(argv)
     _clear_previous_run(args.output)
     for inp in inputs:
@@ -182,5 +183,6 @@ def run(argv: list[str]) -> dict:
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, inputs, configs, args.output, not args.drop_rejected_images)
     report = report_lib.read_report(args.output)
+    report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     print(report_lib.format_report(report))
     return report
