@@ -138,9 +138,11 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_reje
 
 
 def _clear_previous_run(output: str) -> None:
-    old = [m.path for part in ("curated", "rejected") for m in FileSystems.match([FileSystems.join(output, part, "*.parquet")])[0].metadata_list]
+    patterns = [FileSystems.join(output, part, "*.parquet") for part in ("curated", "rejected")]
+    patterns += [FileSystems.join(output, name) for name in ("report.json", "funnel.png")]
+    old = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if old:
-        log.info("removing %d Parquet files of an earlier run in %s", len(old), output)
+        log.info("removing %d files of an earlier run in %s", len(old), output)
         FileSystems.delete(old)
 
 
