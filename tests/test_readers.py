@@ -24,6 +24,12 @@ def write_tar(path, members: list[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def write_cut_tar(path, samples: int) -> None:
+    """A tar of `samples` image + caption samples, cut off at half its length."""
+    write_tar(path, [(f"{k:09d}.{ext}", jpeg() if ext == "jpg" else b"a blue square") for k in range(samples) for ext in ("jpg", "txt")])
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 def write_meta(path, rows: list[dict]) -> None:
     columns = ["key", "url", "caption", "status", "error_message"]
     pq.write_table(pa.table({c: [r.get(c) for r in rows] for c in columns}), path)
@@ -63,10 +69,7 @@ def test_webdataset_pairs_members_and_metadata(tmp_path):
 
 
 def test_webdataset_truncated_tar_with_metadata_loses_nothing(tmp_path):
-    members = [(f"{k:09d}.{ext}", jpeg() if ext == "jpg" else b"a blue square") for k in range(4) for ext in ("jpg", "txt")]
-    write_tar(tmp_path / "00000.tar", members)
-    data = (tmp_path / "00000.tar").read_bytes()
-    (tmp_path / "00000.tar").write_bytes(data[: len(data) // 2])
+    write_cut_tar(tmp_path / "00000.tar", samples=4)
     write_meta(tmp_path / "00000.parquet", [{"key": f"{k:09d}", "url": None, "status": "success"} for k in range(4)])
     pairs = list(read_webdataset("s", str(tmp_path / "00000.tar")))
     # the cut falls inside sample 2: samples 0 and 1 are whole, 2 and 3 are recorded from the metadata
@@ -76,10 +79,7 @@ def test_webdataset_truncated_tar_with_metadata_loses_nothing(tmp_path):
 
 
 def test_webdataset_truncated_tar_without_metadata(tmp_path):
-    members = [(f"{k:09d}.{ext}", jpeg() if ext == "jpg" else b"a blue square") for k in range(4) for ext in ("jpg", "txt")]
-    write_tar(tmp_path / "00000.tar", members)
-    data = (tmp_path / "00000.tar").read_bytes()
-    (tmp_path / "00000.tar").write_bytes(data[: len(data) // 2])
+    write_cut_tar(tmp_path / "00000.tar", samples=4)
     pairs = list(read_webdataset("s", str(tmp_path / "00000.tar")))
     assert outcomes(pairs) == [("000000000", None), ("000000001", None), (str(tmp_path / "00000.tar"), reasons.SHARD_UNREADABLE)]
     assert pairs[2].reject.detail == "read 2 samples, then ReadError: unexpected end of data"
