@@ -4,9 +4,10 @@
         --output /data/stage1 [--config my.toml] [Beam options, e.g. --runner DataflowRunner ...]
 
 The graph: read each source's files (a DoFn per file, spread over workers), apply the rules that need no
-pixels to every pair, then decode the images that pass, once (filters/stage1.py), write the two outputs with Beam's Parquet sink, and count (source, outcome)
-into the report. Every pair ends in exactly one output. A rerun into the same --output first removes the
-Parquet files an earlier run left there, so the folder never mixes two runs.
+pixels to every pair, then decode the images that pass, once (filters/stage1.py), write the two outputs
+with Beam's Parquet sink, and count (source, outcome) into the report. Every pair ends in exactly one
+output. A rerun into the same --output first removes what an earlier run left there, so the folder never
+mixes two runs.
 """
 
 import dataclasses
@@ -34,7 +35,8 @@ log = logging.getLogger("stage1")
 
 
 class ReadFile(beam.DoFn):
-    """One input file -> RawPairs, with the layout's reader; a progress bar of files in this process."""
+    """One input file -> RawPairs, with the layout's reader; a progress bar of the source's files read in
+    this process (shown on a terminal only)."""
 
     def __init__(self, source: str, layout: str, total_files: int):
         self.source, self.layout, self.total_files = source, layout, total_files
@@ -58,16 +60,16 @@ class ReadFile(beam.DoFn):
 class ReadSource(beam.PTransform):
     """All pairs of one --input: its files spread over the workers, each read whole by one of them."""
 
-    def __init__(self, inp: Input, total_files: int):
+    def __init__(self, inp: Input):
         super().__init__()
-        self.inp, self.total_files = inp, total_files
+        self.inp = inp
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Files" >> beam.Create(self.inp.files)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(ReadFile(self.inp.source, self.inp.layout, self.total_files))
+            | "Read" >> beam.ParDo(ReadFile(self.inp.source, self.inp.layout, len(self.inp.files)))
         )
 
 
@@ -121,8 +123,7 @@ def _codecs(schema) -> dict[str, str]:
 
 def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_rejected_images: bool = True):
     """Add the stage-1 graph to pipeline `p`."""
-    total_files = sum(len(inp.files) for inp in inputs)
-    pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp, total_files) for inp in inputs] | "AllPairs" >> beam.Flatten()
+    pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp) for inp in inputs] | "AllPairs" >> beam.Flatten()
     outputs = pairs | "Curate" >> beam.ParDo(Curate(configs, keep_rejected_images)).with_outputs(Curate.REJECTED, main="curated")
     curated, rejected = outputs.curated, outputs[Curate.REJECTED]
     for name, rows, schema in (("curated", curated, schemas.CURATED), ("rejected", rejected, schemas.REJECTED)):
