@@ -33,7 +33,7 @@ def make_sample(argv: list[str]) -> None:
     record = make_sample(args.output, pairs=args.pairs, seed=args.seed, output_format=args.format)
     expected = ", ".join(f"{reason} {n}" for reason, n in sorted(record["expected"].items()))
     print(f"wrote {record['pairs']:,} pairs in {record['shards']} shards to {args.output} in {time.perf_counter() - started:.1f} s")
-    print(f"expected outcomes of the per-pair rules, before dedup: {expected}")
+    print(f"expected outcomes: {expected}")
 
 
 def stage1(argv: list[str]) -> None:

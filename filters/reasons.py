@@ -27,9 +27,6 @@ IMAGE_TOO_SMALL = "image_too_small"
 IMAGE_ASPECT_RATIO = "image_aspect_ratio_too_large"
 IMAGE_UNDECODABLE = "image_undecodable"
 
-# Across the whole run.
-DUPLICATE = "duplicate"  # an exact or near duplicate of a kept image (the longest caption is kept)
-
 STAGE1_REASONS = (
     SHARD_UNREADABLE,
     SHARD_EMPTY,
@@ -48,5 +45,4 @@ STAGE1_REASONS = (
     IMAGE_TOO_SMALL,
     IMAGE_ASPECT_RATIO,
     IMAGE_UNDECODABLE,
-    DUPLICATE,
 )

@@ -25,7 +25,6 @@ from filters.pair import RawPair
 from filters.stage1 import curate
 from formats import schemas
 from pipelines import report as report_lib
-from pipelines.dedup import DEFAULT_MAX_DISTANCE, Deduplicate, SplitDuplicates
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
 from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
@@ -122,13 +121,11 @@ def _codecs(schema) -> dict[str, str]:
     return {name: "none" if name == "image" else "zstd" for name in schema.names}
 
 
-def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_rejected_images: bool = True, max_distance: int = DEFAULT_MAX_DISTANCE):
+def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_rejected_images: bool = True):
     """Add the stage-1 graph to pipeline `p`."""
     pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp) for inp in inputs] | "AllPairs" >> beam.Flatten()
     outputs = pairs | "Curate" >> beam.ParDo(Curate(configs, keep_rejected_images)).with_outputs(Curate.REJECTED, main="curated")
-    unique = outputs.curated | "Deduplicate" >> Deduplicate(max_distance, keep_rejected_images)
-    curated = unique.kept
-    rejected = (outputs[Curate.REJECTED], unique[SplitDuplicates.REJECTED]) | "AllRejected" >> beam.Flatten()
+    curated, rejected = outputs.curated, outputs[Curate.REJECTED]
     for name, rows, schema in (("curated", curated, schemas.CURATED), ("rejected", rejected, schemas.REJECTED)):
         rows | f"Write[{name}]" >> beam.io.WriteToParquet(
             FileSystems.join(output, name, "part"), schema, codec=_codecs(schema), file_name_suffix=".parquet"
@@ -137,7 +134,6 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_reje
         "inputs": {inp.source: {"layout": inp.layout, "files": len(inp.files)} for inp in inputs},
         "thresholds": {name: dataclasses.asdict(cfg) for name, cfg in configs.items()},
         "keep_rejected_images": keep_rejected_images,
-        "dedup": {"max_phash_distance": max_distance, "keeps": "longest caption, then smallest key, then uid"},
     }
     (curated, rejected) | "Report" >> WriteReport(output, settings)
 
@@ -156,7 +152,6 @@ def parse_args(argv: list[str]):
     parser.add_argument("--input", action="append", required=True, metavar="SOURCE=PATH", help="a source's files: a folder, a file or a glob (repeatable)")
     parser.add_argument("--output", required=True, help="folder for curated/, rejected/ and report.json")
     parser.add_argument("--config", help="TOML thresholds per source, on top of filters/stage1_defaults.toml")
-    parser.add_argument("--max-phash-distance", type=int, default=DEFAULT_MAX_DISTANCE, help=f"near duplicates: pHash bits apart at most (default {DEFAULT_MAX_DISTANCE})")
     parser.add_argument("--drop-rejected-images", action="store_true", help="leave image bytes out of rejected/ (smaller)")
     return parser.parse_known_args(argv)
 
@@ -171,8 +166,6 @@ def prepare(argv: list[str]):
     sources = [inp.source for inp in inputs]
     if len(set(sources)) != len(sources):
         raise UsageError(f"--input names a source twice: {', '.join(sources)}")
-    if not 0 <= args.max_phash_distance < 32:
-        raise UsageError(f"--max-phash-distance must be 0 to 31 bits, not {args.max_phash_distance}")
     try:
         configs = load_config(sources, args.config)
     except ConfigError as e:
@@ -191,7 +184,7 @@ def run(argv: list[str]) -> dict:
     for inp in inputs:
         log.info("%s: %d %s files", inp.source, len(inp.files), inp.layout)
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, inputs, configs, args.output, not args.drop_rejected_images, args.max_phash_distance)
+        build_pipeline(p, inputs, configs, args.output, not args.drop_rejected_images)
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     print(report_lib.format_report(report))
