@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from filters.config import load_config  # noqa: E402
-from filters.stage1 import apply_rules, decode_image  # noqa: E402
+from filters.image_rules import decode_phash  # noqa: E402
+from filters.stage1 import first_reject  # noqa: E402
 from pipelines.readers import read_webdataset  # noqa: E402
 from pipelines.sample_corpus import make_sample  # noqa: E402
 
@@ -52,14 +53,14 @@ def plain_steps(raw: Path) -> dict[str, float]:
     pairs = [pair for shard in sorted(glob.glob(str(raw / "*.tar"))) for pair in read_webdataset("bench", shard)]
     read = time.perf_counter() - started
     started = time.perf_counter()
-    kept = [row for ok, row in (apply_rules(pair, cfg) for pair in pairs) if ok]
+    headers = [header for reject, _, header in (first_reject(pair, cfg) for pair in pairs) if reject is None]
     rules = time.perf_counter() - started
     started = time.perf_counter()
-    for row in kept:
-        decode_image(row)
+    for header in headers:
+        decode_phash(header.image)
     decode = time.perf_counter() - started
     n = len(pairs)
-    return {"read": n / read, "rules": n / rules, "decode": len(kept) / decode, "all": n / (read + rules + decode)}
+    return {"read": n / read, "rules": n / rules, "decode": len(headers) / decode, "all": n / (read + rules + decode)}
 
 
 def _tree_pss_kb(pid: int) -> int:

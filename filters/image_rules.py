@@ -10,7 +10,7 @@ LOAD_TRUNCATED_IMAGES stays off: a cut-off image is an error, never grey-filled.
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import imagehash
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +30,7 @@ class ImageHeader:
     format: str  # as PIL names it: JPEG, PNG, WEBP, GIF...
     width: int
     height: int
+    image: Image.Image | None = field(default=None, compare=False, repr=False)  # opened, not yet decoded
 
 
 def _decode_error(e: Exception) -> Reject:
@@ -59,16 +60,13 @@ def check_header(data: bytes, cfg: SourceConfig) -> ImageHeader | Reject:
         return Reject(reasons.IMAGE_TOO_SMALL, f"{width}x{height}: shorter side < {cfg.min_side_px} px")
     if min(width, height) == 0 or max(width, height) / min(width, height) > cfg.max_aspect_ratio:
         return Reject(reasons.IMAGE_ASPECT_RATIO, f"{width}x{height}: ratio > {cfg.max_aspect_ratio:g}")
-    return ImageHeader(format=image.format, width=width, height=height)
+    return ImageHeader(format=image.format, width=width, height=height, image=image)
 
 
-def decode_phash(data: bytes) -> str | Reject:
-    """Decode the image once, at the smallest scale that keeps 32 px a side, and return its pHash
-    (imagehash, 16 hex digits); a truncated or corrupt image is IMAGE_UNDECODABLE. Run it only on an
-    image whose header passed `check_header`: this is where the pixels are paid for."""
-    image = _open(data)
-    if isinstance(image, Reject):
-        return image
+def decode_phash(image: Image.Image) -> str | Reject:
+    """Decode an image opened by `check_header` once, at the smallest scale that keeps 32 px a side, and
+    return its pHash (imagehash, 16 hex digits); a truncated or corrupt image is IMAGE_UNDECODABLE. This
+    is where the pixels are paid for, so it runs only on images whose header passed."""
     try:
         image.draft("L", (PHASH_INPUT_PX, PHASH_INPUT_PX))
         image.load()

@@ -2,8 +2,8 @@
 
 Order (cheap first): what the reader found, caption decoding, special tags (before HTML cleaning, which
 would take `<PERSON>` for a tag), cleaning, emoji, characters, length, the image header rules
-(`apply_rules`); then, as a step of its own, the one decode of the image, which also gives the pHash
-(`decode_image`). Each pair becomes exactly one row: curated, or rejected with the first rule it failed.
+(`first_reject`); then the one decode of the image, which also gives the pHash (`curate`). Each pair
+becomes exactly one row: curated, or rejected with the first rule it failed.
 """
 
 from filters import reasons
@@ -31,7 +31,8 @@ def rejected_row(pair: RawPair, reject: Reject, keep_image: bool = True) -> dict
     }
 
 
-def _first_reject(pair: RawPair, cfg: SourceConfig) -> tuple[Reject | None, str, ImageHeader | None]:
+def first_reject(pair: RawPair, cfg: SourceConfig) -> tuple[Reject | None, str, ImageHeader | None]:
+    """The rules that need no pixels: (the first Reject or None, the cleaned caption, the image header)."""
     if pair.reject:
         return pair.reject, "", None
     if pair.caption is None:
@@ -55,9 +56,13 @@ def _first_reject(pair: RawPair, cfg: SourceConfig) -> tuple[Reject | None, str,
     return None, text, header
 
 
-def apply_rules(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = True) -> tuple[bool, dict]:
-    """The rules that need no pixels: (True, curated row without its phash) or (False, rejected row)."""
-    reject, text, header = _first_reject(pair, cfg)
+def curate(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = True) -> tuple[bool, dict]:
+    """Every stage-1 rule on one pair: (True, curated row) or (False, rejected row). The image is decoded
+    only if every other rule passed, once, from the header already opened."""
+    reject, text, header = first_reject(pair, cfg)
+    phash = decode_phash(header.image) if reject is None else None
+    if isinstance(phash, Reject):
+        reject = phash
     if reject:
         return False, rejected_row(pair, reject, keep_rejected_image)
     return True, {
@@ -71,28 +76,8 @@ def apply_rules(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = Tr
         "image_format": header.format,
         "width": header.width,
         "height": header.height,
-        "phash": None,
+        "phash": phash,
         "lang": None,
         "lang_score": None,
         "clip_score": None,
     }
-
-
-def decode_image(row: dict, keep_rejected_image: bool = True) -> tuple[bool, dict]:
-    """The one decode of a curated row's image: (True, row with its phash) or (False, rejected row)."""
-    phash = decode_phash(row["image"])
-    if isinstance(phash, Reject):
-        return False, {
-            **{name: row[name] for name in ("uid", "source", "key", "url")},
-            "caption": row["caption_raw"],
-            "reason": phash.reason,
-            "detail": phash.detail,
-            "image": row["image"] if keep_rejected_image else None,
-        }
-    return True, {**row, "phash": phash}
-
-
-def curate(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = True) -> tuple[bool, dict]:
-    """Every stage-1 rule on one pair, as the pipeline runs them: `apply_rules`, then `decode_image`."""
-    kept, row = apply_rules(pair, cfg, keep_rejected_image)
-    return decode_image(row, keep_rejected_image) if kept else (kept, row)

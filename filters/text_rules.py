@@ -4,8 +4,8 @@ Cleaning rewrites the caption and keeps the pair:
 - `clean_html`: comments, scripts and styles go with their content; other tags go (block tags leave a
   space, inline tags nothing); then entities are unescaped, once, and tags that were escaped go too.
 - `clean_irregular`: URLs, e-mail addresses, camera file names (IMG_1234, DSC01234), image file names
-  (photo.jpg), pixel sizes (1920x1080, not 24 x 36), control and zero-width characters, decoration runs (----, ****),
-  repeated punctuation (!!! -> !, ..... -> ...), empty brackets left behind, and runs of whitespace.
+  (photo.jpg), pixel sizes (1920x1080, not 24 x 36), control and zero-width characters, decoration runs
+  (----, ****), repeated punctuation (!!! -> !, ..... -> ...), empty brackets left behind, and runs of whitespace.
 
 Drops (each returns a Reject or None):
 - special tags (CC12M's <PERSON>), checked on the raw caption, before HTML cleaning could eat them;
@@ -33,14 +33,15 @@ _HTML_INLINE_TAG = re.compile(rf"</?(?:{_INLINE_TAGS})\b[^<>]*>", re.IGNORECASE)
 _HTML_OTHER_TAG = re.compile(r"</?[a-zA-Z][^<>]*>|<![^<>]*>")
 
 
+def _strip_tags(text: str) -> str:
+    return _HTML_OTHER_TAG.sub(" ", _HTML_INLINE_TAG.sub("", text))
+
+
 def clean_html(text: str) -> str:
     """The caption with HTML comments, tags and entities turned back into plain text."""
-    text = _HTML_DROP_WITH_CONTENT.sub(" ", text)
-    text = _HTML_INLINE_TAG.sub("", text)
-    text = _HTML_OTHER_TAG.sub(" ", text)
-    text = html.unescape(text)
+    text = _strip_tags(_HTML_DROP_WITH_CONTENT.sub(" ", text))
     # escaped markup (&lt;b&gt;) is still markup once unescaped: remove the tags it became, once more
-    return _HTML_OTHER_TAG.sub(" ", _HTML_INLINE_TAG.sub("", text))
+    return _strip_tags(html.unescape(text))
 
 
 _IRREGULAR = re.compile(
