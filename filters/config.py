@@ -30,6 +30,10 @@ class SourceConfig:
     min_chars_zh: int  # Chinese captions: fewest non-space characters
     max_chars_zh: int  # Chinese captions: most non-space characters
     special_tags: tuple[str, ...]  # drop captions holding any of these
+    languages: tuple[str, ...]  # language ID: the lid.176 labels kept ("en", "zh", ...)
+    min_lang_score: float  # language ID: the lowest fastText probability kept for the label found
+    clip_min_score: float  # CLIP: absolute threshold on the cosine similarity (-1 keeps every score)
+    clip_keep_fraction: float  # CLIP: keep this top share of the source's scores (1 keeps all)
 
     def problems(self) -> list[str]:
         """Every reason these thresholds make no sense, as short phrases."""
@@ -49,6 +53,14 @@ class SourceConfig:
             found.append(f"min_chars_zh ({self.min_chars_zh}) is above max_chars_zh ({self.max_chars_zh})")
         if any(not tag for tag in self.special_tags):
             found.append("special_tags holds an empty string")
+        if not self.languages or any(not lang for lang in self.languages):
+            found.append("languages must name at least one language, with no empty string")
+        if not 0.0 <= self.min_lang_score <= 1.0:
+            found.append(f"min_lang_score must be in [0, 1], not {self.min_lang_score}")
+        if not -1.0 <= self.clip_min_score <= 1.0:
+            found.append(f"clip_min_score must be in [-1, 1] (a cosine similarity), not {self.clip_min_score}")
+        if not 0.0 < self.clip_keep_fraction <= 1.0:
+            found.append(f"clip_keep_fraction must be in (0, 1], not {self.clip_keep_fraction}")
         return found
 
 

@@ -21,11 +21,18 @@ CAPTION_FOREIGN_CHARS = "caption_foreign_chars"  # characters neither English no
 CAPTION_TOO_SHORT = "caption_too_short"
 CAPTION_TOO_LONG = "caption_too_long"
 
-# Image rules: the header first, a decode last.
+# Language ID on the cleaned caption (fastText, microseconds a caption).
+LANGUAGE = "language"  # detected language not kept for the source, or its score below the minimum
+
+# Image rules: the header first (no pixels), then the one decode (pHash).
 IMAGE_DECOMPRESSION_BOMB = "image_decompression_bomb"
 IMAGE_TOO_SMALL = "image_too_small"
 IMAGE_ASPECT_RATIO = "image_aspect_ratio_too_large"
 IMAGE_UNDECODABLE = "image_undecodable"
+
+# Across the whole run, the most expensive last.
+DUPLICATE = "duplicate"  # an exact or near duplicate of the image kept (detail: its uid)
+CLIP_SCORE = "clip_score"  # image-text CLIP score below the source's threshold
 
 STAGE1_REASONS = (
     SHARD_UNREADABLE,
@@ -41,8 +48,11 @@ STAGE1_REASONS = (
     CAPTION_FOREIGN_CHARS,
     CAPTION_TOO_SHORT,
     CAPTION_TOO_LONG,
+    LANGUAGE,
     IMAGE_DECOMPRESSION_BOMB,
     IMAGE_TOO_SMALL,
     IMAGE_ASPECT_RATIO,
     IMAGE_UNDECODABLE,
+    DUPLICATE,
+    CLIP_SCORE,
 )
