@@ -11,6 +11,8 @@ distinct but similar hashes) is compared all-pairs on its own, vectorized, so it
 and never the whole run. Duplicates are the connected components of the verified pairs (scipy).
 """
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -75,21 +77,57 @@ def near_pairs(hashes: np.ndarray, k: int, levels: int | None = None) -> np.ndar
     return np.stack([codes // len(hashes), codes % len(hashes)], axis=1)
 
 
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """A component label per node 0..n-1 of the undirected graph given by `pairs` (scipy)."""
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
 def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
     """A group label per hash: equal labels are exact or near duplicates (chains of pairs within k)."""
     unique, inverse = np.unique(np.asarray(hashes, dtype=np.uint64), return_inverse=True)
-    pairs = near_pairs(unique, k)
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(unique),) * 2)
-    return connected_components(graph, directed=False)[1][inverse]
+    return _components(len(unique), near_pairs(unique, k))[inverse]
 
 
-def keep_longest_caption(groups: np.ndarray, captions: list[str], uids: list[str]) -> np.ndarray:
-    """Per pair, whether it is its group's keeper: the longest caption (the Qwen-VL rule); ties go to the
-    smallest uid, so reruns keep the same pair."""
-    order = sorted(range(len(groups)), key=lambda i: (groups[i], -len(captions[i]), uids[i]))
-    keep = np.zeros(len(groups), dtype=bool)
-    first = {}
-    for i in order:
-        first.setdefault(groups[i], i)
-    keep[list(first.values())] = True
-    return keep
+# --- the same steps on hex-string hashes, as the Beam pipeline runs them (pipelines/dedup.py) ---------
+
+
+@lru_cache
+def _band_masks(k: int) -> tuple[int, ...]:
+    return tuple(band_keys(k, 1))
+
+
+def bucket_keys(phash: str, k: int) -> list[str]:
+    """The k+1 buckets of one hash, as "band:value" strings: two hashes within distance k share at least
+    one (pigeonhole)."""
+    value = int(phash, 16)
+    return [f"{band}:{value & mask:016x}" for band, mask in enumerate(_band_masks(k))]
+
+
+def bucket_pairs(phashes: list[str], k: int) -> list[tuple[str, str, int]]:
+    """The pairs (a < b, distance) of distinct hashes in one bucket within distance k, verified. A large
+    bucket goes through `near_pairs` too, so it costs about its size, not its size squared."""
+    if len(phashes) < 2:
+        return []
+    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+    pairs = near_pairs(values, k)
+    distances = _distance(values[pairs[:, 0]], values[pairs[:, 1]])
+    return [(*sorted((phashes[i], phashes[j])), int(d)) for (i, j), d in zip(pairs.tolist(), distances.tolist())]
+
+
+def component_roots(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """For every hash in `pairs`, its component's root: the smallest hash of the component."""
+    nodes = sorted({h for pair in pairs for h in pair})
+    index = {h: i for i, h in enumerate(nodes)}
+    edges = np.array([[index[a], index[b]] for a, b in pairs], dtype=np.int64).reshape(-1, 2)
+    labels = _components(len(nodes), edges)
+    roots: dict[int, str] = {}
+    for h, label in zip(nodes, labels):  # nodes are sorted, so the first seen per label is its smallest
+        roots.setdefault(label, h)
+    return {h: roots[label] for h, label in zip(nodes, labels)}
+
+
+def preference(caption: str, uid: str) -> tuple[int, str]:
+    """Sort key of the keeper rule: the longest caption first (Qwen-VL keeps the longest caption of an
+    image); ties go to the smallest uid, so reruns keep the same pair."""
+    return -len(caption), uid

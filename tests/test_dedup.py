@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from filters.dedup import duplicate_groups, keep_longest_caption, near_pairs
+from filters.dedup import bucket_keys, bucket_pairs, component_roots, duplicate_groups, near_pairs, preference
 
 
 def brute_force(hashes: np.ndarray, k: int) -> set[tuple[int, int]]:
@@ -58,8 +58,30 @@ def test_chains_form_one_group():
     assert groups[0] == groups[1] == groups[2] != groups[3]
 
 
-def test_keep_longest_caption_ties_to_smallest_uid():
-    groups = np.array([0, 0, 0, 1, 2, 2])
-    captions = ["a dog", "a dog on a red sofa", "a dog on a sofa", "alone", "same len", "same len"]
-    uids = ["u1", "u2", "u3", "u4", "u6", "u5"]
-    assert keep_longest_caption(groups, captions, uids).tolist() == [False, True, False, True, False, True]
+def test_preference_keeps_longest_caption_then_smallest_uid():
+    members = [("a dog", "u1"), ("a dog on a red sofa", "u3"), ("a dog on a sofa", "u2"), ("a cat on a red sofa", "u0")]
+    assert min(members, key=lambda m: preference(*m)) == ("a cat on a red sofa", "u0")
+    assert sorted(members, key=lambda m: preference(*m))[1:] == [("a dog on a red sofa", "u3"), ("a dog on a sofa", "u2"), ("a dog", "u1")]
+
+
+def test_bucket_keys_share_a_band_within_k():
+    a = 0x0123_4567_89AB_CDEF
+    near = flip(a, [0, 13, 26, 39])  # one flip in each of four of the five bands
+    far = flip(a, [0, 13, 26, 39, 52])  # one flip in every band
+    keys = {h: set(bucket_keys(f"{h:016x}", 4)) for h in (a, near, far)}
+    assert len(keys[a]) == 5
+    assert keys[a] & keys[near] == {"4:0120000000000000"}  # bits 51-63
+    assert keys[a] & keys[far] == set()
+
+
+def test_bucket_pairs_verify_the_distance():
+    a = 0x0F0F_0F0F_0F0F_0F0F
+    hashes = [f"{h:016x}" for h in (a, flip(a, [1, 9, 17, 33]), flip(a, [2, 10, 18, 34, 50]))]
+    assert bucket_pairs(hashes, 4) == [(hashes[1], hashes[0], 4)]  # a < b as strings
+    assert bucket_pairs(hashes[:1], 4) == []
+
+
+def test_component_roots_join_chains_to_their_smallest_hash():
+    pairs = [("0c", "0f"), ("0a", "0c"), ("1b", "1d")]
+    assert component_roots(pairs) == {"0a": "0a", "0c": "0a", "0f": "0a", "1b": "1b", "1d": "1b"}
+    assert component_roots([]) == {}

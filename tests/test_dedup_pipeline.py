@@ -1,0 +1,90 @@
+"""pipelines/dedup.py in a real Beam pipeline against a brute-force answer."""
+
+import json
+import random
+
+import apache_beam as beam
+
+from filters.dedup import preference
+from pipelines.dedup import FindDuplicates, Member, duplicates
+
+
+def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
+    """uid -> keeper uid, by union-find over every pair of rows."""
+    parent = list(range(len(rows)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(rows)):
+        for j in range(i + 1, len(rows)):
+            if (int(rows[i]["phash"], 16) ^ int(rows[j]["phash"], 16)).bit_count() <= k:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[dict]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(root(i), []).append(row)
+    found = {}
+    for members in groups.values():
+        keeper = min(members, key=lambda r: preference(r["caption"], r["uid"]))
+        found.update({r["uid"]: keeper["uid"] for r in members if r is not keeper})
+    return found
+
+
+def planted_rows(seed: int = 0, originals: int = 300) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(originals):
+        value = rng.getrandbits(64)
+        image = f"image {i}".encode()
+        rows.append({"uid": f"o{i:04d}", "phash": f"{value:016x}", "caption": "x" * rng.randint(5, 40), "image": image})
+        for j in range(rng.choice([0, 0, 1, 2])):  # near copies: 1 to 4 bits flipped
+            near = value
+            for bit in rng.sample(range(64), rng.randint(1, 4)):
+                near ^= 1 << bit
+            rows.append({"uid": f"n{i:04d}{j}", "phash": f"{near:016x}", "caption": "y" * rng.randint(5, 40), "image": image + b"!"})
+        if rng.random() < 0.2:  # an exact copy of the bytes
+            rows.append({"uid": f"e{i:04d}", "phash": f"{value:016x}", "caption": "z" * rng.randint(5, 40), "image": image})
+    # blank images: many rows, one hash
+    rows += [{"uid": f"b{i:04d}", "phash": "0" * 16, "caption": "blank " * (i % 7 + 1), "image": b"blank"} for i in range(50)]
+    return rows
+
+
+def run_find_duplicates(rows: list[dict], k: int, tmp_path) -> dict[str, str]:
+    out = tmp_path / f"found-{k}.jsonl"
+    with beam.Pipeline("FnApiRunner") as p:
+        found = p | beam.Create(rows) | FindDuplicates(k)
+        found | beam.Map(json.dumps) | beam.io.WriteToText(str(out), shard_name_template="")
+    return dict(json.loads(line) for line in out.read_text().splitlines())
+
+
+def test_finds_every_planted_duplicate_and_keeps_the_longest_caption(tmp_path):
+    rows = planted_rows()
+    found = run_find_duplicates(rows, 4, tmp_path)
+    expected = brute_force_duplicates(rows, 4)
+    assert len(expected) > 150
+    assert {uid: detail.split(" of ")[1].split(" ")[0] for uid, detail in found.items()} == expected
+    by_uid = {r["uid"]: r for r in rows}
+    for uid, detail in found.items():
+        keeper = by_uid[expected[uid]]
+        if by_uid[uid]["image"] == keeper["image"]:
+            assert detail == f"exact duplicate of {keeper['uid']}"
+        else:
+            distance = (int(by_uid[uid]["phash"], 16) ^ int(keeper["phash"], 16)).bit_count()
+            assert detail == f"near duplicate of {keeper['uid']} (pHash distance {distance})"
+    blanks = [uid for uid in by_uid if uid.startswith("b")]
+    assert sum(uid in found for uid in blanks) == 49  # one blank image kept: the longest caption
+
+
+def test_distance_zero_joins_only_identical_hashes(tmp_path):
+    rows = planted_rows(seed=1, originals=100)
+    found = run_find_duplicates(rows, 0, tmp_path)
+    assert set(found) == set(brute_force_duplicates(rows, 0))
+    assert all(detail.startswith("exact duplicate of ") for uid, detail in found.items() if not uid.startswith("b"))
+
+
+def test_duplicates_of_one_component():
+    members = [Member("u2", "00000000000000ff", "a long caption", "d1"), Member("u1", "00000000000000fe", "short", "d2"), Member("u3", "00000000000000ff", "short", "d1")]
+    assert duplicates(members) == [("u1", "near duplicate of u2 (pHash distance 1)"), ("u3", "exact duplicate of u2")]
+    assert duplicates(members[:1]) == []
