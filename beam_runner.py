@@ -1,7 +1,9 @@
 """The one command line of the project.
 
-    python beam_runner.py make-sample --output DIR [--pairs 2000] [--seed 0] [--format webdataset|parquet]
-    python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [Beam options]
+    python beam_runner.py make-sample --output DIR [--pairs 2000] [--seed 0] [--format webdataset|parquet] [--language en|zh]
+    python beam_runner.py make-clip --output DIR [--seed 0]
+    python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
+        [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
     python beam_runner.py report DIR
     python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200]
 
@@ -26,14 +28,27 @@ def make_sample(argv: list[str]) -> None:
     parser.add_argument("--pairs", type=int, default=2000, help="number of pairs (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--format", choices=["webdataset", "parquet"], default="webdataset", help="img2dataset's output_format")
+    parser.add_argument("--language", choices=["en", "zh"], default="en", help="the source's caption language (default en)")
     args = parser.parse_args(argv)
     if args.pairs < 1:
         raise UsageError(f"--pairs must be >= 1, not {args.pairs}")
     started = time.perf_counter()
-    record = make_sample(args.output, pairs=args.pairs, seed=args.seed, output_format=args.format)
+    record = make_sample(args.output, pairs=args.pairs, seed=args.seed, output_format=args.format, language=args.language)
     expected = ", ".join(f"{reason} {n}" for reason, n in sorted(record["expected"].items()))
     print(f"wrote {record['pairs']:,} pairs in {record['shards']} shards to {args.output} in {time.perf_counter() - started:.1f} s")
     print(f"expected outcomes: {expected}")
+
+
+def make_clip(argv: list[str]) -> None:
+    from filters.clip_score import save_random_model
+
+    parser = ArgumentParser(prog="beam_runner.py make-clip", description="Write a small randomly initialised open_clip model (offline demos and tests).")
+    parser.add_argument("--output", required=True, help="folder to write open_clip_config.json and the weights into")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    name = save_random_model(args.output, seed=args.seed)
+    print(f"wrote a random-weight CLIP model: --clip-model {name}")
+    print("its scores mean nothing: use it to run the pipeline offline, never to filter real data")
 
 
 def stage1(argv: list[str]) -> None:
@@ -82,7 +97,7 @@ def inspect(argv: list[str]) -> None:
         raise UsageError(str(e)) from None
 
 
-COMMANDS = {"make-sample": make_sample, "stage1": stage1, "report": report, "inspect": inspect}
+COMMANDS = {"make-sample": make_sample, "make-clip": make_clip, "stage1": stage1, "report": report, "inspect": inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

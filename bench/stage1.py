@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from filters.config import load_config  # noqa: E402
 from filters.image_rules import decode_phash  # noqa: E402
+from filters.langid import LanguageId  # noqa: E402
 from filters.stage1 import first_reject  # noqa: E402
 from pipelines.readers import read_webdataset  # noqa: E402
 from pipelines.sample_corpus import make_sample  # noqa: E402
@@ -46,14 +47,15 @@ def corpus(workdir: Path, pairs: int) -> Path:
 def plain_steps(raw: Path) -> dict[str, float]:
     """Pairs/s of each step in a plain loop on one core, without Beam: the baseline.
 
-    read: tar shards -> RawPairs; rules: the caption and image-header rules (no pixels); decode: the one
-    decode + pHash of what passed; all: the three together, per input pair."""
+    read: tar shards -> RawPairs; rules: the caption rules, language ID and image-header rules (no
+    pixels); decode: the one decode + pHash of what passed; all: the three together, per input pair."""
     cfg = load_config(["bench"])["bench"]
+    langid = LanguageId()
     started = time.perf_counter()
     pairs = [pair for shard in sorted(glob.glob(str(raw / "*.tar"))) for pair in read_webdataset("bench", shard)]
     read = time.perf_counter() - started
     started = time.perf_counter()
-    headers = [header for reject, _, header in (first_reject(pair, cfg) for pair in pairs) if reject is None]
+    headers = [found.header for found in (first_reject(pair, cfg, langid) for pair in pairs) if found.reject is None]
     rules = time.perf_counter() - started
     started = time.perf_counter()
     for header in headers:

@@ -1,14 +1,18 @@
 """All stage-1 rules on one pair, in pipeline order: a plain function, usable without Beam.
 
 Order (cheap first): what the reader found, caption decoding, special tags (before HTML cleaning, which
-would take `<PERSON>` for a tag), cleaning, emoji, characters, length, the image header rules
-(`first_reject`); then the one decode of the image, which also gives the pHash (`curate`). Each pair
-becomes exactly one row: curated, or rejected with the first rule it failed.
+would take `<PERSON>` for a tag), cleaning, emoji, characters, length, language ID on the cleaned
+caption, the image header rules (`first_reject`); then the one decode of the image, which also gives the
+pHash (`curate`). Each pair becomes exactly one row: a candidate row (the curated schema, for the steps
+across the run: dedup and CLIP), or a rejected row with the first rule it failed.
 """
+
+from typing import NamedTuple
 
 from filters import reasons
 from filters.config import SourceConfig
 from filters.image_rules import ImageHeader, check_header, decode_phash
+from filters.langid import LanguageId, check_language
 from filters.pair import RawPair, pair_uid
 from filters.rule import Reject
 from filters.text_rules import check_charset, check_emoji, check_length, check_special_tags, check_utf8, clean_caption
@@ -31,35 +35,62 @@ def rejected_row(pair: RawPair, reject: Reject, keep_image: bool = True) -> dict
     }
 
 
-def first_reject(pair: RawPair, cfg: SourceConfig) -> tuple[Reject | None, str, ImageHeader | None]:
-    """The rules that need no pixels: (the first Reject or None, the cleaned caption, the image header)."""
+def reject_candidate(row: dict, reject: Reject, keep_image: bool = True) -> dict:
+    """A candidate row (curated schema) that a step across the run drops, as a rejected row."""
+    fields = ("uid", "source", "key", "url")
+    return {
+        **{name: row[name] for name in fields},
+        "caption": row["caption_raw"],
+        "reason": reject.reason,
+        "detail": reject.detail,
+        "image": row["image"] if keep_image else None,
+    }
+
+
+class Screened(NamedTuple):
+    """What the rules that need no pixels found: the first Reject (or None) and what they computed."""
+
+    reject: Reject | None
+    text: str = ""  # the cleaned caption
+    lang: str | None = None
+    lang_score: float | None = None
+    header: ImageHeader | None = None
+
+
+def first_reject(pair: RawPair, cfg: SourceConfig, langid: LanguageId) -> Screened:
+    """The rules that need no pixels, in order, up to the first that fails."""
     if pair.reject:
-        return pair.reject, "", None
+        return Screened(pair.reject)
     if pair.caption is None:
-        return Reject(reasons.CAPTION_MISSING, "no caption"), "", None
+        return Screened(Reject(reasons.CAPTION_MISSING, "no caption"))
     if pair.image is None:
-        return Reject(reasons.IMAGE_MISSING, "no image"), "", None
+        return Screened(Reject(reasons.IMAGE_MISSING, "no image"))
     reject = check_utf8(pair.caption)
     if reject:
-        return reject, "", None
+        return Screened(reject)
     raw_text = pair.caption.decode("utf-8")
     reject = check_special_tags(raw_text, cfg.special_tags)
     if reject:
-        return reject, "", None
+        return Screened(reject)
     text = clean_caption(raw_text)
     reject = check_emoji(text) or check_charset(text) or check_length(text, cfg)
     if reject:
-        return reject, text, None
+        return Screened(reject, text)
+    lang, score = langid.identify(text)
+    reject = check_language(lang, score, cfg.languages, cfg.min_lang_score)
+    if reject:
+        return Screened(reject, text, lang, score)
     header = check_header(pair.image, cfg)
     if isinstance(header, Reject):
-        return header, text, None
-    return None, text, header
+        return Screened(header, text, lang, score)
+    return Screened(None, text, lang, score, header)
 
 
-def curate(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = True) -> tuple[bool, dict]:
-    """Every stage-1 rule on one pair: (True, curated row) or (False, rejected row). The image is decoded
-    only if every other rule passed, once, from the header already opened."""
-    reject, text, header = first_reject(pair, cfg)
+def curate(pair: RawPair, cfg: SourceConfig, langid: LanguageId, keep_rejected_image: bool = True) -> tuple[bool, dict]:
+    """Every per-pair stage-1 rule on one pair: (True, candidate row) or (False, rejected row). The image
+    is decoded only if every other rule passed, once, from the header already opened."""
+    found = first_reject(pair, cfg, langid)
+    reject, header = found.reject, found.header
     phash = decode_phash(header.image) if reject is None else None
     if isinstance(phash, Reject):
         reject = phash
@@ -70,14 +101,14 @@ def curate(pair: RawPair, cfg: SourceConfig, keep_rejected_image: bool = True) -
         "source": pair.source,
         "key": pair.key,
         "url": pair.url,
-        "caption": text,
+        "caption": found.text,
         "caption_raw": pair.caption.decode("utf-8"),
         "image": pair.image,
         "image_format": header.format,
         "width": header.width,
         "height": header.height,
         "phash": phash,
-        "lang": None,
-        "lang_score": None,
+        "lang": found.lang,
+        "lang_score": found.lang_score,
         "clip_score": None,
     }

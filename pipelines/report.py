@@ -1,8 +1,8 @@
 """The stage-1 report: the paper's Table 2 per source, with a column per rule, as JSON, text and a chart.
 
 report.json holds, per source and in total: input, dropped per rule in pipeline order, kept, kept %, and
-the language split; then the settings used. Language ID comes with the model filters (issue 3): until
-then the split is by each source's configured language.
+the languages fastText found in what was kept; then the settings used (thresholds, the models and
+their weights' origin, the CLIP thresholds applied).
 """
 
 import json
@@ -26,22 +26,33 @@ def _summary(outcomes: dict[str, int]) -> dict:
     }
 
 
-def build_report(counts: list[tuple[tuple[str, str], int]], settings: dict) -> dict:
-    """The report from ((source, outcome), count) pairs, outcome being a reason or KEPT."""
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {key: round(100 * n / total, 2) for key, n in sorted(counts.items())} if total else {}
+
+
+def build_report(counts: list[tuple[tuple[str, str], int]], kept_languages: list[tuple[tuple[str, str], int]], settings: dict) -> dict:
+    """The report from ((source, outcome), count) pairs, outcome being a reason or KEPT, and the
+    ((source, language found), count) pairs of the kept rows. Counts of one (source, outcome) may come
+    in several pairs (one per output stream): they are added."""
     by_source: dict[str, dict[str, int]] = {source: {} for source in settings["inputs"]}
     for (source, outcome), n in counts:
-        by_source.setdefault(source, {})[outcome] = n
+        outcomes = by_source.setdefault(source, {})
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+    found: dict[str, dict[str, int]] = {}
+    for (source, lang), n in kept_languages:
+        found.setdefault(source, {})[lang] = n
     total: dict[str, int] = {}
     languages: dict[str, int] = {}
     sources = {}
     for source, outcomes in sorted(by_source.items()):
         for outcome, n in outcomes.items():
             total[outcome] = total.get(outcome, 0) + n
+        for lang, n in found.get(source, {}).items():
+            languages[lang] = languages.get(lang, 0) + n
         language = settings["thresholds"][source]["language"]
-        languages[language] = languages.get(language, 0) + outcomes.get(KEPT, 0)
-        sources[source] = {"language": language, **_summary(outcomes)}
-    kept = sum(languages.values())
-    split = {lang: round(100 * n / kept, 2) if kept else 0.0 for lang, n in sorted(languages.items())}
+        sources[source] = {"language": language, **_summary(outcomes), "languages_kept": dict(sorted(found.get(source, {}).items()))}
+    split = _shares(languages)
     return {
         "stage": "stage1",
         "rules": list(STAGE1_REASONS),
@@ -76,7 +87,21 @@ def format_report(report: dict) -> str:
     rows = [[reason] + [f"{sources[n]['dropped'].get(reason, 0):,}" for n in names] + [f"{count:,}"] for reason, count in total["dropped"].items()]
     rows.append(["kept"] + [f"{sources[n]['kept']:,}" for n in names] + [f"{total['kept']:,}"])
     lines += _table(["rule"] + names + ["total"], rows)
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + _models(report["settings"]))
+
+
+def _models(settings: dict) -> list[str]:
+    """What the model steps ran with, and a plain warning when the CLIP scores mean nothing."""
+    lines = [f"language ID: {settings['langid']['model']}", f"dedup: pHash within {settings['dedup']['max_distance']} bits"]
+    clip = settings.get("clip")
+    if not clip:
+        return lines + ["CLIP: not run (no --clip-model); clip_score is null"]
+    model = clip["model"]
+    thresholds = ", ".join(f"{source} {value:.4f}" for source, value in settings["clip_thresholds"].items())
+    lines += [f"CLIP: {model['model']}, weights {model['weights']}, {model['precision']} on {model['device']}; thresholds: {thresholds}"]
+    if model["random_weights"]:
+        lines.append(f"WARNING: {model['note']}")
+    return lines
 
 
 def write_chart(report: dict, path: str) -> None:

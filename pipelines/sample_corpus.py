@@ -26,9 +26,13 @@ binary), while the webdataset layout's metadata keeps the text it came from. Tim
 rerun is byte-identical.
 
 Every pair gets one kind and is otherwise clean, so exactly one stage-1 rule fires for it (or none);
-OUTPUT/injected.json records each key's kind, expected outcome (curated or a filters.reasons constant),
-expected cleaned caption for curated pairs, and the original key of planted duplicates. Shards are built
-in parallel, each from its own (seed, shard) generator, so the output does not depend on the worker count.
+OUTPUT/injected.json records the source's language, and each key's kind, expected outcome (curated or a
+filters.reasons constant), expected cleaned caption for curated pairs, and the original key of planted
+duplicates. A source is English or Chinese (`language`): its captions are in that language, written so
+that language ID (lid.176) names it, except the kinds made to fail language ID: `other_language` (Chinese
+in an English source, English in a Chinese one) and `foreign_language` (French, German... in plain
+ASCII). Shards are built in parallel, each from its own (seed, shard, language) generator, so the output
+does not depend on the worker count, and two sources with another seed or language share no image.
 """
 
 import functools
@@ -74,10 +78,10 @@ METADATA_SCHEMA = pa.schema(
 PARQUET_SCHEMA = METADATA_SCHEMA.append(pa.field("jpg", pa.binary()))
 
 CURATED = "curated"
-# kind: (share of the corpus, expected outcome). Kept kinds make 60%, rejected kinds 40%.
+# kind: (share of the corpus, expected outcome). Kept kinds make 54%, rejected kinds 46%. Captions are in
+# the source's language (English or Chinese) unless the kind says otherwise.
 KINDS = {
-    "clean_en": (0.26, CURATED),
-    "clean_zh": (0.08, CURATED),
+    "clean": (0.28, CURATED),
     "html": (0.05, CURATED),
     "irregular": (0.05, CURATED),
     "exact_duplicate": (0.04, CURATED),
@@ -92,6 +96,8 @@ KINDS = {
     "foreign_script": (0.04, reasons.CAPTION_FOREIGN_CHARS),
     "too_short": (0.03, reasons.CAPTION_TOO_SHORT),
     "too_long": (0.03, reasons.CAPTION_TOO_LONG),
+    "other_language": (0.03, reasons.LANGUAGE),  # Chinese in an English source, English in a Chinese one
+    "foreign_language": (0.03, reasons.LANGUAGE),  # French, German, Spanish... in plain ASCII
     "tiny_image": (0.04, reasons.IMAGE_TOO_SMALL),
     "extreme_aspect": (0.03, reasons.IMAGE_ASPECT_RATIO),
     "corrupt_image": (0.03, reasons.IMAGE_UNDECODABLE),
@@ -99,23 +105,31 @@ KINDS = {
     "decompression_bomb": (0.0, reasons.IMAGE_DECOMPRESSION_BOMB),  # exactly one, in shard 0
 }
 BOMB_MIN_PAIRS = 200
-ORIGINAL_KINDS = ("clean_en", "clean_zh", "html", "irregular")  # fresh clean JPEGs that duplicates copy
+ORIGINAL_KINDS = ("clean", "html", "irregular")  # fresh clean JPEGs that duplicates copy
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
 
 # --- captions ---------------------------------------------------------------------------------------
+# Captions read as natural English or Chinese, so that lid.176 (filters/langid.py) names their language
+# surely: a core scene of 4 to 8 words (5 to 12 characters) that already reads as a sentence, then
+# phrases. English phrases that lid.176 takes for other languages on their own ("a snowy mountain" is pl
+# 0.89, "a chef making pizza" fr 0.53) are left out; tests/test_sample_corpus.py checks 20,000 captions.
 
-PREFIXES = ["photo of", "a close-up of", "view of", "illustration of", "stock image of", "painting of"]
-SUBJECTS = [
-    "a golden retriever", "an old lighthouse", "a red vintage car", "a wooden cabin", "a bowl of ramen",
-    "the city skyline", "a snowy mountain", "a field of sunflowers", "a small sailboat", "a street market",
-    "a tabby cat", "a steam locomotive", "a stone bridge", "a blue bicycle", "a cup of coffee",
-    "a pair of running shoes", "a modern kitchen", "a hot air balloon", "a lemon tart", "a mountain lake",
-    "two horses", "a family of ducks", "a glass teapot", "an empty classroom", "a leather backpack",
-    "a pine forest", "a fishing village", "a plate of pasta", "a desert road", "a young woman reading",
-    "an old man fishing", "three children playing", "a yellow taxi", "a ceramic vase", "a waterfall",
+PREFIXES = ["a photo of", "a close-up of", "a view of", "an illustration of", "a picture of", "a painting of"]
+CORES = [
+    "a golden retriever playing with a ball", "a cat sleeping on the couch", "an old lighthouse standing by the sea",
+    "a red vintage car parked outside", "a wooden cabin in the woods", "a bowl of ramen with a boiled egg",
+    "the city skyline with its tall towers", "a field of sunflowers in full bloom", "a small sailboat with white sails",
+    "people shopping at a street market", "a steam train crossing a bridge", "an old stone bridge over the river",
+    "a blue bicycle leaning against a wall", "a cup of coffee and a good book", "a modern kitchen with white cabinets",
+    "a hot air balloon flying over the hills", "a lemon tart with fresh berries", "a quiet lake between the mountains",
+    "two horses grazing in a meadow", "a mother duck and her ducklings", "a glass teapot full of green tea",
+    "an empty classroom with wooden desks", "a leather backpack with brass buckles", "a path through the pine forest",
+    "a small fishing village by the coast", "a plate of pasta with tomato sauce", "a long road through the desert",
+    "a woman reading a book by the window", "an old man fishing from the pier", "three children playing together",
+    "a yellow taxi waiting at the corner", "fresh flowers in a glass vase", "a waterfall in the jungle",
+    "a family having dinner together", "a couple walking along the shore", "a dog sitting by the window",
+    "a girl riding her bike", "a man walking his dog",
 ]
-ADJECTIVES = ["bright", "quiet", "colorful", "misty", "sunny", "rustic", "elegant", "cozy", "tiny", "huge",
-              "ancient", "shiny", "dusty", "peaceful", "crowded", "minimal", "vivid", "faded"]
 PLACES = ["on a sandy beach", "in a busy street", "under a cloudy sky", "next to a river", "in the countryside",
           "at the edge of a forest", "on a wooden table", "in front of a brick wall", "near the harbor"]
 TIMES = ["at sunset", "in the morning", "during winter", "after the rain", "at night", "in early spring"]
@@ -128,11 +142,18 @@ TAGS = ["outdoors", "closeup", "detail", "wallpaper", "background", "travel", "l
         "vintage", "design", "art", "photography", "decor", "holiday", "scenery", "lifestyle", "texture"]
 # Phrase lists in caption order, with how many phrases of each a caption may take.
 PHRASE_GROUPS = [(PLACES, 1), (TIMES, 1), (DETAILS, 2), (STYLES, 1), (TAGS, len(TAGS))]
+CHINESE_CORES = [
+    "一只橘猫趴在窗台上晒太阳", "几个孩子在沙滩上玩耍", "北京故宫的红墙和金色屋顶", "桌上放着一杯热咖啡", "银杏树叶铺满了小路",
+    "一碗刚出锅的牛肉面", "山顶上的云海", "穿着汉服的女孩", "田野里盛开的向日葵", "小狗在草地上追着球跑", "上海外滩的夜景",
+    "厨房里的新鲜蔬菜和水果", "简约现代风格的客厅", "一家人围坐在餐桌旁", "老街上的小吃摊", "公园里打太极拳的老人",
+    "熊猫宝宝在吃竹子", "竹筏漂在漓江上", "一盘红烧肉", "渔船准备出海", "古色古香的茶室", "一杯奶茶放在木桌上",
+    "蓝天白云下的草原和羊群", "可爱的小女孩在吹泡泡", "红色的老式汽车停在路边", "安静的咖啡馆", "湖面上的小船",
+    "古老的石桥", "一只可爱的小猫", "雨后的城市街道", "高铁列车穿过油菜花田", "老人骑着自行车",
+]
 CHINESE_PHRASES = [
-    "夕阳下的海滩", "一只可爱的小猫", "城市的夜景", "雪山和湖泊", "一碗热腾腾的拉面", "古老的石桥",
-    "秋天的枫叶", "繁忙的街道", "安静的咖啡馆", "盛开的樱花", "红色的老式汽车", "山间的小木屋",
-    "蓝天白云", "田野里的向日葵", "湖面上的小船", "高清壁纸", "水彩风格的插画", "清晨的森林",
-    "下雨天的窗户", "美味的甜点", "春天", "风景", "旅行", "摄影作品", "家庭聚会", "海边日出",
+    "夕阳下的海滩", "城市的夜景", "雪山和湖泊", "秋天的枫叶", "繁忙的街道", "盛开的樱花", "山间的小木屋", "蓝天白云",
+    "远处是连绵的群山", "路灯倒映在积水里", "高清壁纸", "水彩风格的插画", "清晨的森林", "下雨天的窗户", "美味的甜点",
+    "春天", "风景", "旅行", "摄影作品", "家庭聚会", "海边日出", "黑白摄影", "高清摄影", "手绘插画",
 ]
 SHORT_CAPTIONS = ["sunset", "red car", "beach", "mountain lake", "cat", "coffee cup", "untitled", "image",
                   "猫", "风景", "夕阳下", "小狗"]
@@ -143,51 +164,104 @@ FOREIGN = [
     "Crème brûlée with fresh berries", "Ελληνικό νησί το καλοκαίρι", "Bãi biển đẹp ở Việt Nam",
     "พระอาทิตย์ตกที่ทะเล",
 ]
+# Other languages in plain ASCII (no accented letter, so the charset rule lets them through), each with
+# the lid.176 label it gets: language ID is what rejects them, in an English and in a Chinese source.
+FOREIGN_LANGUAGE = [
+    ("fr", "une petite maison blanche au bord de la mer"), ("fr", "un chat noir qui dort sur le canape du salon"),
+    ("fr", "la tour Eiffel vue depuis les quais de la Seine"), ("fr", "une tasse de chocolat chaud sur une table"),
+    ("fr", "des enfants qui jouent dans le jardin"), ("fr", "le port de Marseille au coucher du soleil"),
+    ("de", "ein kleines Haus am See im Winter"), ("de", "eine Katze schlaeft auf dem Sofa im Wohnzimmer"),
+    ("de", "der Hund spielt mit einem Ball im Garten"), ("de", "die Altstadt von Heidelberg bei Nacht"),
+    ("de", "ein altes Fahrrad steht vor der Hauswand"), ("de", "Blick auf die Berge und den blauen Himmel"),
+    ("es", "una casa blanca junto al mar"), ("es", "un perro corriendo en la playa con su pelota"),
+    ("es", "la plaza mayor de la ciudad por la noche"), ("es", "un mercado de frutas y verduras en el centro"),
+    ("es", "una mujer leyendo un libro en el parque"), ("es", "dos gatos durmiendo en el sofa de la sala"),
+    ("it", "una vecchia casa di pietra in campagna"), ("it", "un gatto che dorme sul divano del soggiorno"),
+    ("it", "le barche dei pescatori nel porto al tramonto"), ("it", "una ragazza in bicicletta lungo il fiume"),
+    ("it", "il cane gioca con la palla nel giardino"), ("it", "una tazza di caffe sul tavolo della cucina"),
+    ("pt", "uma casa azul perto do rio"), ("pt", "um gato dormindo no sofa da sala"),
+    ("pt", "uma menina brincando com o cachorro no parque"), ("pt", "o centro historico da cidade de noite"),
+    ("pt", "uma mulher lendo um livro na praia"), ("pt", "os barcos de pesca no porto ao entardecer"),
+    ("nl", "een klein huis aan het water in de winter"), ("nl", "twee kinderen spelen met een hond in het park"),
+]
 SPECIAL_TAG_TEMPLATES = ["<PERSON> {a}", "{a} with <PERSON>", "portrait of <PERSON>, {a}", "<PERSON> and <PERSON> {a}"]
 
-# Hand-written cleaning expectations, raw -> cleaned ({a} and {b}: clean English, {z}: clean Chinese,
-# {n}: digits). They state what the recipe should do; they are never computed with the cleaner.
-HTML_TEMPLATES = [
-    ("<p>{a}</p>", "{a}"),
-    ("<b>{a}</b> {b}", "{a} {b}"),
-    ("{a} &amp; {b}", "{a} & {b}"),
-    ("{a}<br>{b}", "{a} {b}"),
-    ("{a}<br/>{b}", "{a} {b}"),
-    ('<div class="caption">{a}</div><!-- ad slot {n} -->', "{a}"),
-    ("{a} &quot;{b}&quot;", '{a} "{b}"'),
-    ('<span style="color:#333">{a}</span>', "{a}"),
-    ("{a}<script>var views = {n};</script>", "{a}"),
-    ("<style>.caption {color: red}</style>{a}", "{a}"),
-    ("{a} &ndash; {b}", "{a} – {b}"),
-    ("{a} &#8211; {b}", "{a} – {b}"),
-    ('<a href="https://www.example.com/gallery/{n}">{a}</a>', "{a}"),
-    ("{a}&nbsp;{b}", "{a} {b}"),
-    ("<h2>{a}</h2><p>{b}</p>", "{a} {b}"),
-    ("<li>{a}</li><li>{b}</li>", "{a} {b}"),
-    ("{a} &copy; 2019", "{a} © 2019"),
-    ("<i>{a}</i>, {b}", "{a}, {b}"),
-    ("<p>{z}</p>", "{z}"),
-]
-IRREGULAR_TEMPLATES = [
-    ("{a} https://www.example.com/p/{n}.html", "{a}"),
-    ("{a} www.example.org/shop/{n}", "{a}"),
-    ("contact info@example.com for {a}", "contact for {a}"),
-    ("{a}!!!", "{a}!"),
-    ("{a}?? {b}", "{a}? {b}"),
-    ("{a}   {b}", "{a} {b}"),
-    ("{a} ----- {b}", "{a} {b}"),
-    ("{a} *** {b}", "{a} {b}"),
-    ("{a}.....", "{a}..."),
-    ("{a} IMG_{n}.JPG", "{a}"),
-    ("{a} DSC0{n}", "{a}"),
-    ("{a} (1920x1080)", "{a}"),
-    ("{a} , {b}", "{a}, {b}"),
-    ("  {a}\t{b}  ", "{a} {b}"),
-    ("{a}\u200b {b}", "{a} {b}"),
-    ("{z}！！！", "{z}！"),
-    ("{z} https://www.example.cn/{n}", "{z}"),
-]
-LENGTH_BANDS = [(4, 7), (8, 14), (15, 22), (23, 30)]  # the captions of one multi-caption image
+# Hand-written cleaning expectations, raw -> cleaned, per caption language ({a} and {b}: clean pieces in
+# that language, {n}: digits). They state what the recipe should do; they are never computed with the cleaner.
+HTML_TEMPLATES = {
+    "en": [
+        ("<p>{a}</p>", "{a}"),
+        ("<b>{a}</b> {b}", "{a} {b}"),
+        ("{a} &amp; {b}", "{a} & {b}"),
+        ("{a}<br>{b}", "{a} {b}"),
+        ("{a}<br/>{b}", "{a} {b}"),
+        ('<div class="caption">{a}</div><!-- ad slot {n} -->', "{a}"),
+        ("{a} &quot;{b}&quot;", '{a} "{b}"'),
+        ('<span style="color:#333">{a}</span>', "{a}"),
+        ("{a}<script>var views = {n};</script>", "{a}"),
+        ("<style>.caption {color: red}</style>{a}", "{a}"),
+        ("{a} &ndash; {b}", "{a} – {b}"),
+        ("{a} &#8211; {b}", "{a} – {b}"),
+        ('<a href="https://www.example.com/gallery/{n}">{a}</a>', "{a}"),
+        ("{a}&nbsp;{b}", "{a} {b}"),
+        ("<h2>{a}</h2><p>{b}</p>", "{a} {b}"),
+        ("<li>{a}</li><li>{b}</li>", "{a} {b}"),
+        ("{a} &copy; 2019", "{a} © 2019"),
+        ("<i>{a}</i>, {b}", "{a}, {b}"),
+    ],
+    "zh": [
+        ("<p>{a}</p>", "{a}"),
+        ("<b>{a}</b>，{b}", "{a}，{b}"),
+        ("{a} &amp; {b}", "{a} & {b}"),
+        ("{a}<br>{b}", "{a} {b}"),
+        ('<div class="title">{a}</div><!-- 广告位 {n} -->', "{a}"),
+        ("{a}&nbsp;{b}", "{a} {b}"),
+        ("<h1>{a}</h1><p>{b}</p>", "{a} {b}"),
+        ("{a}<script>var pv = {n};</script>", "{a}"),
+        ("&ldquo;{a}&rdquo;", "“{a}”"),
+        ('<a href="https://www.example.cn/tupian/{n}.html">{a}</a>', "{a}"),
+        ("{a} &copy; 2019", "{a} © 2019"),
+        ("<span>{a}</span><span>，{b}</span>", "{a}，{b}"),
+    ],
+}
+IRREGULAR_TEMPLATES = {
+    "en": [
+        ("{a} https://www.example.com/p/{n}.html", "{a}"),
+        ("{a} www.example.org/shop/{n}", "{a}"),
+        ("contact info@example.com for {a}", "contact for {a}"),
+        ("{a}!!!", "{a}!"),
+        ("{a}?? {b}", "{a}? {b}"),
+        ("{a}   {b}", "{a} {b}"),
+        ("{a} ----- {b}", "{a} {b}"),
+        ("{a} *** {b}", "{a} {b}"),
+        ("{a}.....", "{a}..."),
+        ("{a} IMG_{n}.JPG", "{a}"),
+        ("{a} DSC0{n}", "{a}"),
+        ("{a} (1920x1080)", "{a}"),
+        ("{a} , {b}", "{a}, {b}"),
+        ("  {a}\t{b}  ", "{a} {b}"),
+        ("{a}\u200b {b}", "{a} {b}"),
+    ],
+    "zh": [
+        ("{a}！！！", "{a}！"),
+        ("{a} https://www.example.cn/{n}", "{a}"),
+        ("{a} www.example.cn/news/{n}", "{a}"),
+        ("{a}？？{b}", "{a}？{b}"),
+        ("{a}   {b}", "{a} {b}"),
+        ("{a} ----- {b}", "{a} {b}"),
+        ("{a}。。。", "{a}。"),
+        ("{a} IMG_{n}.JPG", "{a}"),
+        ("{a}（1920x1080）", "{a}"),
+        ("{a}，，{b}", "{a}，{b}"),
+        ("  {a}\t{b}  ", "{a} {b}"),
+        ("{a}\u200b{b}", "{a} {b}"),
+    ],
+}
+LENGTH_BANDS = {  # the captions of one multi-caption image: English words, Chinese characters
+    "en": [(4, 7), (8, 14), (15, 22), (23, 30)],
+    "zh": [(5, 10), (11, 20), (21, 30), (31, 40)],
+}
+LANGUAGES = ("en", "zh")  # a sample source's language; the other one is its `other_language` kind
 
 
 def _pick(rng, items):
@@ -195,15 +269,13 @@ def _pick(rng, items):
 
 
 def _english(rng, lo: int, hi: int, polish: bool = True) -> str:
-    """A clean English caption of lo to hi words; `polish` may capitalize it and end it with a period."""
-    words = _pick(rng, SUBJECTS).split()
-    if rng.random() < 0.4:
-        adjective = _pick(rng, ADJECTIVES)
-        if words[0] in ("a", "an"):
-            words[0] = "an" if adjective[0] in "aeiou" else "a"
-        words.insert(1, adjective)
+    """A clean English caption of lo to hi words (hi >= 7); `polish` may capitalize it and end it with a period."""
+    cores = [core for core in CORES if len(core.split()) <= hi]
+    words = _pick(rng, cores).split()
     if rng.random() < 0.3:
-        words = _pick(rng, PREFIXES).split() + words
+        prefix = _pick(rng, PREFIXES).split()
+        if len(prefix) + len(words) <= hi:
+            words = prefix + words
     target = int(rng.integers(lo, hi + 1))
     for phrases, most in PHRASE_GROUPS:
         taken = 0
@@ -213,7 +285,7 @@ def _english(rng, lo: int, hi: int, polish: bool = True) -> str:
             phrase = phrases[i].split()
             if len(words) + len(phrase) <= hi:
                 words, taken = words + phrase, taken + 1
-    text = " ".join(words[:hi])
+    text = " ".join(words)
     if polish and rng.random() < 0.5:
         text = text[0].upper() + text[1:]
     if polish and rng.random() < 0.3:
@@ -222,32 +294,36 @@ def _english(rng, lo: int, hi: int, polish: bool = True) -> str:
 
 
 def _chinese(rng, lo: int, hi: int) -> str:
-    """A clean Chinese caption of lo to hi characters, phrases joined by full-width commas."""
+    """A clean Chinese caption of lo to hi characters (hi >= 10): a scene, then phrases after full-width commas."""
+    text = _pick(rng, [core for core in CHINESE_CORES if len(core) <= hi])
     target = int(rng.integers(lo, hi + 1))
-    text = ""
     for i in rng.permutation(len(CHINESE_PHRASES)):
         if len(text) >= target:
             break
-        joined = text + ("，" if text else "") + CHINESE_PHRASES[i]
+        joined = text + "，" + CHINESE_PHRASES[i]
         if len(joined) <= hi:
             text = joined
     return text
 
 
-def _clean(rng) -> str:
-    """A clean caption for a pair whose fault lies elsewhere: English mostly, sometimes Chinese."""
-    return _chinese(rng, 5, 40) if rng.random() < 0.2 else _english(rng, 4, 30)
+def _clean(rng, language: str) -> str:
+    """A clean caption in `language`, for a pair whose fault (if any) lies elsewhere."""
+    return _english(rng, 4, 30) if language == "en" else _chinese(rng, 5, 40)
 
 
-def _fill(template: str, a: str, b: str, z: str, n: str) -> str:
-    return template.replace("{a}", a).replace("{b}", b).replace("{z}", z).replace("{n}", n)
+def _piece(rng, language: str) -> str:
+    """A short clean phrase in `language`, for templates."""
+    return _english(rng, 3, 10, polish=False) if language == "en" else _chinese(rng, 5, 20)
 
 
-def _templated(rng, templates) -> tuple[str, str]:
-    """(raw, expected cleaned) from one hand-written template pair."""
-    raw, cleaned = _pick(rng, templates)
-    parts = (_english(rng, 3, 10, polish=False), _english(rng, 3, 10, polish=False), _chinese(rng, 5, 30),
-             str(int(rng.integers(1000, 10000))))
+def _fill(template: str, a: str, b: str, n: str) -> str:
+    return template.replace("{a}", a).replace("{b}", b).replace("{n}", n)
+
+
+def _templated(rng, templates: dict, language: str) -> tuple[str, str]:
+    """(raw, expected cleaned) from one hand-written template pair in `language`."""
+    raw, cleaned = _pick(rng, templates[language])
+    parts = (_piece(rng, language), _piece(rng, language), str(int(rng.integers(1000, 10000))))
     return _fill(raw, *parts), _fill(cleaned, *parts)
 
 
@@ -267,33 +343,35 @@ def _not_utf8(rng) -> tuple[str, bytes]:
     return text, text.encode() + b"\xff"
 
 
-def _caption(kind: str, rng) -> tuple[str | None, bytes | None, str | None]:
-    """(caption text, caption bytes as stored, expected cleaned caption or None) for one pair."""
+def _caption(kind: str, rng, language: str) -> tuple[str | None, bytes | None, str | None]:
+    """(caption text, caption bytes as stored, expected cleaned caption or None) for one pair of a
+    `language` source."""
     if kind == "no_caption":
         return None, None, None
     if kind == "not_utf8":
         text, raw = _not_utf8(rng)
         return text, raw, None
-    if kind in ("clean_en", "clean_zh", "html", "irregular"):
-        if kind == "clean_en":
-            raw = cleaned = _english(rng, 4, 30)
-        elif kind == "clean_zh":
-            raw = cleaned = _chinese(rng, 5, 40)
+    if kind in ("clean", "html", "irregular"):
+        if kind == "clean":
+            raw = cleaned = _clean(rng, language)
         else:
-            raw, cleaned = _templated(rng, HTML_TEMPLATES if kind == "html" else IRREGULAR_TEMPLATES)
+            raw, cleaned = _templated(rng, HTML_TEMPLATES if kind == "html" else IRREGULAR_TEMPLATES, language)
         return raw, raw.encode(), cleaned
-    if kind == "special_tag":
+    if kind == "other_language":
+        text = _clean(rng, LANGUAGES[1 - LANGUAGES.index(language)])
+    elif kind == "foreign_language":
+        text = _pick(rng, FOREIGN_LANGUAGE)[1]
+    elif kind == "special_tag":
         text = _pick(rng, SPECIAL_TAG_TEMPLATES).replace("{a}", _english(rng, 3, 12, polish=False))
     elif kind == "emoji":
-        emoji = _pick(rng, EMOJIS)
-        text = _chinese(rng, 5, 30) + emoji if rng.random() < 0.2 else f"{_english(rng, 4, 20)} {emoji}"
+        text = f"{_clean(rng, language)} {_pick(rng, EMOJIS)}"
     elif kind == "foreign_script":
         foreign = _pick(rng, FOREIGN)
-        text = f"{_english(rng, 3, 10)} {foreign}" if rng.random() < 0.5 else foreign
+        text = f"{_piece(rng, language)} {foreign}" if rng.random() < 0.5 else foreign
     elif kind == "too_short":
         text = _pick(rng, SHORT_CAPTIONS)
     elif kind == "too_long":
-        if rng.random() < 0.2:  # over 256 Chinese characters
+        if rng.random() < (0.2 if language == "en" else 0.8):  # over 256 Chinese characters
             parts = []
             while sum(len(p) + 1 for p in parts) <= 280:
                 parts.append(_chinese(rng, 20, 40))
@@ -304,7 +382,7 @@ def _caption(kind: str, rng) -> tuple[str | None, bytes | None, str | None]:
                 words += (_english(rng, 20, 30, polish=False) + ".").split()
             text = " ".join(words)
     else:
-        text = _clean(rng)
+        text = _clean(rng, language)
         return text, text.encode(), text if KINDS[kind][1] == CURATED else None
     return text, text.encode(), None
 
@@ -429,7 +507,7 @@ def _kinds(rng, n: int, with_bomb: bool) -> list[str]:
         counts[max(counts, key=counts.get)] -= 1
         counts["decompression_bomb"] = 1
     if counts["multi_caption"] == 1:  # a group needs two pairs at least
-        counts["multi_caption"], counts["clean_en"] = 0, counts["clean_en"] + 1
+        counts["multi_caption"], counts["clean"] = 0, counts["clean"] + 1
     ordered = [kind for kind, count in counts.items() for _ in range(count)]
     kinds = [ordered[i] for i in rng.permutation(n)]
     seen_original = False
@@ -437,7 +515,7 @@ def _kinds(rng, n: int, with_bomb: bool) -> list[str]:
         if kind in DUPLICATE_KINDS and not seen_original:
             later = next((j for j in range(i + 1, n) if kinds[j] in ORIGINAL_KINDS), None)
             if later is None:
-                kinds[i] = "clean_en"
+                kinds[i] = "clean"
             else:
                 kinds[i], kinds[later] = kinds[later], kind
         seen_original = seen_original or kinds[i] in ORIGINAL_KINDS
@@ -477,9 +555,9 @@ def _url(rng, kind: str) -> str:
     return f"https://{_pick(rng, HOSTS)}/{int(rng.integers(2012, 2025))}/{name}.{ext}"
 
 
-def _samples(seed: int, shard: int, n: int, shard_size: int, with_bomb: bool) -> list[dict]:
+def _samples(seed: int, shard: int, n: int, shard_size: int, with_bomb: bool, language: str) -> list[dict]:
     """The shard's pairs, in key order, each a dict of what the files hold and what injected.json says."""
-    rng = np.random.default_rng([seed, shard])
+    rng = np.random.default_rng([seed, shard, LANGUAGES.index(language)])
     digits = math.ceil(math.log10(shard_size))
     kinds = _kinds(rng, n, with_bomb)
     sizes = iter(_group_sizes(rng, kinds.count("multi_caption")) if "multi_caption" in kinds else [])
@@ -489,15 +567,16 @@ def _samples(seed: int, shard: int, n: int, shard_size: int, with_bomb: bool) ->
         sample = {"key": key, "kind": kind, "url": _url(rng, kind), "error": None, "duplicate_of": None}
         if kind == "multi_caption":
             if not group or not group["bands"]:
-                bands = [LENGTH_BANDS[i] for i in rng.permutation(len(LENGTH_BANDS))[: next(sizes)]]
+                bands = [LENGTH_BANDS[language][i] for i in rng.permutation(4)[: next(sizes)]]
                 group = {"key": key, "image": _clean_jpeg(rng)[0], "url": sample["url"], "bands": bands}
             else:
                 sample["duplicate_of"], sample["url"] = group["key"], group["url"]
-            text = _english(rng, *group["bands"].pop())
+            lo, hi = group["bands"].pop()
+            text = _english(rng, lo, hi) if language == "en" else _chinese(rng, lo, hi)
             sample.update(text=text, raw=text.encode(), expect_caption=text, image=group["image"])
             samples.append(sample)
             continue
-        sample["text"], sample["raw"], sample["expect_caption"] = _caption(kind, rng)
+        sample["text"], sample["raw"], sample["expect_caption"] = _caption(kind, rng, language)
         if kind in DUPLICATE_KINDS:
             original_key, original, quality = originals[int(rng.integers(len(originals)))]
             sample["duplicate_of"] = original_key
@@ -581,8 +660,8 @@ def _stats(samples: list[dict]) -> dict:
 
 def _make_shard(job: tuple) -> dict:
     """Write one shard's files; return its injected.json records by key."""
-    output, output_format, seed, shard, n, shard_size, with_bomb = job
-    samples = _samples(seed, shard, n, shard_size, with_bomb)
+    output, output_format, seed, shard, n, shard_size, with_bomb, language = job
+    samples = _samples(seed, shard, n, shard_size, with_bomb, language)
     name = f"{shard:0{OOM_SHARD_COUNT}d}"
     folder = Path(output)
     if output_format == "webdataset":
@@ -604,13 +683,17 @@ OUR_FILES = re.compile(r"\d+(\.tar|\.parquet|_stats\.json)|injected\.json")
 
 
 def make_sample(output: str, pairs: int = 2000, seed: int = 0, output_format: str = "webdataset",
-                shard_size: int = 1000, workers: int | None = None) -> dict:
+                shard_size: int = 1000, workers: int | None = None, language: str = "en") -> dict:
     """Write a synthetic img2dataset corpus of `pairs` pairs to `output`; return what it injected.
 
-    Files of a previous corpus in `output` (shards, stats, injected.json) are removed first.
+    `language` ("en" or "zh") is the source's: its clean captions are in it, captions in the other one
+    are language rejects. Files of a previous corpus in `output` (shards, stats, injected.json) are
+    removed first.
     """
     if output_format not in ("webdataset", "parquet"):
         raise ValueError(f"output_format must be 'webdataset' or 'parquet', not {output_format!r}")
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be 'en' or 'zh', not {language!r}")
     if pairs < 1 or shard_size < 1:
         raise ValueError(f"pairs and shard_size must be >= 1, not {pairs} and {shard_size}")
     folder = Path(output)
@@ -620,7 +703,7 @@ def make_sample(output: str, pairs: int = 2000, seed: int = 0, output_format: st
             stale.unlink()
     shards = math.ceil(pairs / shard_size)
     jobs = [(str(folder), output_format, seed, shard, min(shard_size, pairs - shard * shard_size), shard_size,
-             shard == 0 and pairs >= BOMB_MIN_PAIRS) for shard in range(shards)]
+             shard == 0 and pairs >= BOMB_MIN_PAIRS, language) for shard in range(shards)]
     processes = min(workers or os.cpu_count() or 1, shards)
     if processes > 1:
         with multiprocessing.Pool(processes) as pool:
@@ -633,6 +716,7 @@ def make_sample(output: str, pairs: int = 2000, seed: int = 0, output_format: st
     injected = {
         "pairs": pairs,
         "seed": seed,
+        "language": language,
         "output_format": output_format,
         "shards": shards,
         "counts_by_kind": {kind: kinds[kind] for kind in KINDS if kinds[kind]},

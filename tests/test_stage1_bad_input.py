@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from filters import reasons
+from filters.pair import pair_uid
 from pipelines import stage1
 
 
@@ -27,7 +28,7 @@ def write_tar(path, members) -> None:
 def test_bad_input_becomes_rejects(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    good, caption = jpeg(), b"a blue square on a wall"
+    good, caption = jpeg(), b"a blue square painted on the wall"
     bomb = io.BytesIO()
     Image.new("1", (12000, 12000)).save(bomb, "PNG")
     write_tar(
@@ -50,8 +51,12 @@ def test_bad_input_becomes_rejects(tmp_path):
 
     curated = pq.read_table(tmp_path / "out" / "curated").to_pylist()
     rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
-    assert sorted(row["key"] for row in curated) == ["a0", "b0", "b1", "b2", "b3"]
+    # a0 and b0-b3 are the same image with the same caption: one is kept, the smallest uid
+    keeper = min(["a0", "b0", "b1", "b2", "b3"], key=lambda key: pair_uid("mine", key))
+    assert [row["key"] for row in curated] == [keeper]
     by_key = {row["key"]: (row["reason"], row["detail"]) for row in rejected}
+    for key in {"a0", "b0", "b1", "b2", "b3"} - {keeper}:
+        assert by_key[key] == (reasons.DUPLICATE, f"exact duplicate of {pair_uid('mine', keeper)}")
     assert by_key["a1"] == (reasons.CAPTION_MISSING, "no caption")
     assert by_key["a2"] == (reasons.IMAGE_DECOMPRESSION_BOMB, "12000x12000 = 144000000 px > 89478485")
     assert by_key["a3"] == (reasons.CAPTION_NOT_UTF8, "invalid byte 0xe9 at offset 3")
@@ -59,11 +64,11 @@ def test_bad_input_becomes_rejects(tmp_path):
     assert by_key[str(raw / "00001.tar")] == (reasons.SHARD_UNREADABLE, "read 4 samples, then ReadError: unexpected end of data")
     assert by_key[str(raw / "00002.tar")] == (reasons.SHARD_EMPTY, "empty file")
     assert by_key[str(raw / "00003.tar")][0] == reasons.SHARD_UNREADABLE
-    assert len(rejected) == 7
+    assert len(rejected) == 11
     assert [r["caption"] for r in rejected if r["key"] == "a3"] == ["caf\\xe9 au lait on a table"]
 
     source = report["sources"]["mine"]
-    assert (source["input"], source["kept"]) == (12, 5)
+    assert (source["input"], source["kept"]) == (12, 1)
     assert source["input"] == len(curated) + len(rejected)
     assert {r: n for r, n in source["dropped"].items() if n} == {
         reasons.SHARD_UNREADABLE: 2,
@@ -72,4 +77,5 @@ def test_bad_input_becomes_rejects(tmp_path):
         reasons.CAPTION_NOT_UTF8: 1,
         reasons.IMAGE_DECOMPRESSION_BOMB: 1,
         reasons.IMAGE_UNDECODABLE: 1,
+        reasons.DUPLICATE: 4,
     }
