@@ -12,9 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo's CLIP model has random weights (no download): its scores mean nothing, so the demo keeps the
+# top 90% of each source by score (quantile mode) instead of LAION's absolute 0.28, which is for real weights.
 demo: $(STAMP)
-	$(PY) beam_runner.py make-sample --output demo/raw
-	$(PY) beam_runner.py stage1 --input laion-en=demo/raw --output demo/stage1
+	$(PY) beam_runner.py make-sample --output demo/raw-en --pairs 2000 --seed 0 --language en
+	$(PY) beam_runner.py make-sample --output demo/raw-zh --pairs 500 --seed 1 --language zh
+	$(PY) beam_runner.py make-clip --output demo/clip-random
+	printf '[sources.laion-en]\nclip_min_score = -1.0\nclip_keep_fraction = 0.9\n[sources.laion-zh]\nclip_keep_fraction = 0.9\n' > demo/stage1.toml
+	$(PY) beam_runner.py stage1 --input laion-en=demo/raw-en --input laion-zh=demo/raw-zh --output demo/stage1 \
+		--config demo/stage1.toml --clip-model local-dir:demo/clip-random
 	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
 	@echo "funnel chart: demo/stage1/funnel.png; rejected pairs to look at: demo/rejected.html"
 

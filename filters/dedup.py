@@ -107,8 +107,10 @@ def bucket_keys(phash: str, k: int) -> list[str]:
 def bucket_pairs(phashes: list[str], k: int) -> list[tuple[str, str, int]]:
     """The pairs (a < b, distance) of distinct hashes in one bucket within distance k, verified. A large
     bucket goes through `near_pairs` too, so it costs about its size, not its size squared."""
-    if len(phashes) < 2:
-        return []
+    if len(phashes) <= SMALL_BUCKET // 4:  # a few hashes: plain Python beats numpy's set-up cost
+        values = [int(h, 16) for h in phashes]
+        pairs = ((i, j, (values[i] ^ values[j]).bit_count()) for i in range(len(values)) for j in range(i + 1, len(values)))
+        return [(*sorted((phashes[i], phashes[j])), d) for i, j, d in pairs if d <= k]
     values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
     pairs = near_pairs(values, k)
     distances = _distance(values[pairs[:, 0]], values[pairs[:, 1]])

@@ -22,7 +22,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from tqdm import tqdm
 
 from filters import reasons
-from filters.clip_score import ClipError, load_scorer
 from filters.config import ConfigError, SourceConfig, load_config
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
@@ -31,7 +30,6 @@ from filters.rule import Reject
 from filters.stage1 import curate, reject_candidate
 from formats import schemas
 from pipelines import report as report_lib
-from pipelines.clip import DEFAULT_BATCH_SIZE, ScoreClip
 from pipelines.dedup import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
@@ -207,6 +205,8 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
 
     clip = settings["clip"]
     if clip:
+        from pipelines.clip import ScoreClip  # torch and open_clip load only when CLIP runs
+
         scores = (
             read_back("clip")
             | "NotDuplicates" >> beam.Filter(lambda row, dups: row["uid"] not in dups, duplicates)
@@ -260,7 +260,7 @@ def parse_args(argv: list[str]):
     parser.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, help=f"pHash bits within which images are near duplicates (default {DEFAULT_MAX_DISTANCE})")
     parser.add_argument("--clip-model", help="open_clip model name (e.g. ViT-L-14) or local-dir:PATH; without it no CLIP score is computed")
     parser.add_argument("--clip-pretrained", help="open_clip pretrained tag (downloads) or a local weights file")
-    parser.add_argument("--clip-batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per CLIP batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--clip-batch-size", type=int, help="images per CLIP batch (default 64; 256-512 on a GPU)")
     parser.add_argument("--clip-device", help="torch device for CLIP (default: cuda if there is one, else cpu)")
     parser.add_argument("--clip-precision", choices=["fp32", "bf16"], help="CLIP weights precision (default: bf16 on cuda, fp32 on cpu)")
     return parser.parse_known_args(argv)
@@ -275,10 +275,12 @@ def _model_settings(args) -> dict:
         raise UsageError(str(e)) from None
     if not 0 <= args.dedup_distance < HASH_BITS:
         raise UsageError(f"--dedup-distance must be in [0, {HASH_BITS}), not {args.dedup_distance}")
-    if args.clip_batch_size < 1:
+    if args.clip_batch_size is not None and args.clip_batch_size < 1:
         raise UsageError(f"--clip-batch-size must be >= 1, not {args.clip_batch_size}")
     clip = None
     if args.clip_model:
+        from filters.clip_score import ClipError, load_scorer  # torch and open_clip load only when CLIP runs
+
         options = dict(model=args.clip_model, pretrained=args.clip_pretrained, device=args.clip_device, precision=args.clip_precision)
         try:
             described = load_scorer(**options).describe()
@@ -286,7 +288,8 @@ def _model_settings(args) -> dict:
             raise UsageError(str(e)) from None
         if described["random_weights"]:
             log.warning("CLIP: %s", described["note"])
-        clip = {"options": {**options, "batch_size": args.clip_batch_size}, "model": described}
+        batch = {"batch_size": args.clip_batch_size} if args.clip_batch_size else {}
+        clip = {"options": {**options, **batch}, "model": described}
     elif args.clip_pretrained:
         raise UsageError("--clip-pretrained needs --clip-model")
     return {"langid": {"model": langid.model_path}, "dedup": {"max_distance": args.dedup_distance}, "clip": clip}

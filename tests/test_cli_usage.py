@@ -72,3 +72,15 @@ def test_report_and_inspect_on_missing_paths(tmp_path, capsys):
 
 def test_make_sample_bad_pairs(tmp_path, capsys):
     assert run(["make-sample", "--output", str(tmp_path), "--pairs", "0"], capsys) == (2, "error: --pairs must be >= 1, not 0")
+
+
+def test_bad_model_options(tmp_path, shard, capsys):
+    base = ["stage1", "--input", f"laion-en={shard}", "--output", str(tmp_path / "out")]
+    assert run(base + ["--langid-model", str(tmp_path / "lid.bin")], capsys) == (2, f"error: language ID model not found: {tmp_path}/lid.bin")
+    assert run(base + ["--dedup-distance", "64"], capsys) == (2, "error: --dedup-distance must be in [0, 64), not 64")
+    assert run(base + ["--clip-pretrained", "x.pt"], capsys) == (2, "error: --clip-pretrained needs --clip-model")
+    assert run(base + ["--clip-model", f"local-dir:{tmp_path}/nope"], capsys) == (2, f"error: CLIP model folder not found: {tmp_path}/nope")
+    code, err = run(base + ["--clip-model", "ViT-B-32"], capsys)
+    assert code == 2 and err.startswith("error: CLIP model 'ViT-B-32' has no weights: name an open_clip pretrained tag (")
+    assert err.endswith("or a weights file; random weights are refused")
+    assert not (tmp_path / "out").exists()

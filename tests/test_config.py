@@ -57,3 +57,23 @@ def test_unreadable_and_invalid_files(tmp_path):
         load_config(["coyo"], str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(["coyo"], write(tmp_path, "[default\n"))
+
+
+def test_language_and_clip_defaults_per_source():
+    configs = load_config(["laion-en", "laion-zh", "cc12m"])
+    assert (configs["laion-en"].languages, configs["laion-en"].min_lang_score) == (("en",), 0.5)
+    assert configs["laion-zh"].languages == ("zh",)
+    assert (configs["laion-en"].clip_min_score, configs["laion-en"].clip_keep_fraction) == (0.28, 1.0)
+    assert (configs["laion-zh"].clip_min_score, configs["cc12m"].clip_min_score) == (-1.0, -1.0)
+
+
+def test_nonsense_language_and_clip_thresholds(tmp_path):
+    path = write(tmp_path, "[default]\nlanguages = []\nmin_lang_score = 1.5\nclip_min_score = 2\nclip_keep_fraction = 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["my-crawl"], path)
+    assert str(e.value) == (
+        "source my-crawl: languages must name at least one language, with no empty string; "
+        "source my-crawl: min_lang_score must be in [0, 1], not 1.5; "
+        "source my-crawl: clip_min_score must be in [-1, 1] (a cosine similarity), not 2.0; "
+        "source my-crawl: clip_keep_fraction must be in (0, 1], not 0.0"
+    )

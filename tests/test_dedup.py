@@ -79,6 +79,11 @@ def test_bucket_pairs_verify_the_distance():
     hashes = [f"{h:016x}" for h in (a, flip(a, [1, 9, 17, 33]), flip(a, [2, 10, 18, 34, 50]))]
     assert bucket_pairs(hashes, 4) == [(hashes[1], hashes[0], 4)]  # a < b as strings
     assert bucket_pairs(hashes[:1], 4) == []
+    many = hashes + [f"{h:016x}" for h in range(1, 40)]  # a bucket large enough for the numpy path
+    assert (hashes[1], hashes[0], 4) in bucket_pairs(many, 4)
+    assert sorted(bucket_pairs(many, 4)) == sorted(bucket_pairs(many[:3], 4) + bucket_pairs(many[3:], 4) + [
+        (*sorted((a, b)), (int(a, 16) ^ int(b, 16)).bit_count()) for a in many[:3] for b in many[3:] if (int(a, 16) ^ int(b, 16)).bit_count() <= 4
+    ])
 
 
 def test_component_roots_join_chains_to_their_smallest_hash():
