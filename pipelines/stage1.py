@@ -263,6 +263,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--clip-batch-size", type=int, help="images per CLIP batch (default 64; 256-512 on a GPU)")
     parser.add_argument("--clip-device", help="torch device for CLIP (default: cuda if there is one, else cpu)")
     parser.add_argument("--clip-precision", choices=["fp32", "bf16"], help="CLIP weights precision (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--clip-threads", type=int, help="torch threads per worker process (default torch's: all cores; with W worker processes on C cores use C/W)")
+    parser.add_argument("--clip-decode-on-device", action="store_true", help="decode JPEGs on the CLIP device (nvJPEG on a GPU) instead of with PIL on the CPU workers")
     return parser.parse_known_args(argv)
 
 
@@ -275,8 +277,9 @@ def _model_settings(args) -> dict:
         raise UsageError(str(e)) from None
     if not 0 <= args.dedup_distance < HASH_BITS:
         raise UsageError(f"--dedup-distance must be in [0, {HASH_BITS}), not {args.dedup_distance}")
-    if args.clip_batch_size is not None and args.clip_batch_size < 1:
-        raise UsageError(f"--clip-batch-size must be >= 1, not {args.clip_batch_size}")
+    for name in ("clip_batch_size", "clip_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     clip = None
     if args.clip_model:
         from filters.clip_score import ClipError, load_scorer  # torch and open_clip load only when CLIP runs
@@ -288,8 +291,8 @@ def _model_settings(args) -> dict:
             raise UsageError(str(e)) from None
         if described["random_weights"]:
             log.warning("CLIP: %s", described["note"])
-        batch = {"batch_size": args.clip_batch_size} if args.clip_batch_size else {}
-        clip = {"options": {**options, **batch}, "model": described}
+        tuning = {"batch_size": args.clip_batch_size, "torch_threads": args.clip_threads, "decode_on_device": args.clip_decode_on_device}
+        clip = {"options": {**options, **{name: value for name, value in tuning.items() if value}}, "model": described}
     elif args.clip_pretrained:
         raise UsageError("--clip-pretrained needs --clip-model")
     return {"langid": {"model": langid.model_path}, "dedup": {"max_distance": args.dedup_distance}, "clip": clip}

@@ -78,6 +78,7 @@ def test_bad_model_options(tmp_path, shard, capsys):
     base = ["stage1", "--input", f"laion-en={shard}", "--output", str(tmp_path / "out")]
     assert run(base + ["--langid-model", str(tmp_path / "lid.bin")], capsys) == (2, f"error: language ID model not found: {tmp_path}/lid.bin")
     assert run(base + ["--dedup-distance", "64"], capsys) == (2, "error: --dedup-distance must be in [0, 64), not 64")
+    assert run(base + ["--clip-threads", "0"], capsys) == (2, "error: --clip-threads must be >= 1, not 0")
     assert run(base + ["--clip-pretrained", "x.pt"], capsys) == (2, "error: --clip-pretrained needs --clip-model")
     assert run(base + ["--clip-model", f"local-dir:{tmp_path}/nope"], capsys) == (2, f"error: CLIP model folder not found: {tmp_path}/nope")
     code, err = run(base + ["--clip-model", "ViT-B-32"], capsys)

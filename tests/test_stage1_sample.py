@@ -167,7 +167,7 @@ def test_report_tables_and_chart(tmp_path):
 def test_multi_processing_runner_gives_the_same_rows(webdataset_run, tmp_path):
     root, _, report = webdataset_run
     argv = stage1_argv(root, root / "raw", tmp_path / "out")
-    again = stage1.run(argv + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    again = stage1.run(argv + ["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--clip-threads", "1"])
     assert again["sources"] == report["sources"]
     for name in ("curated", "rejected"):
         assert rows(tmp_path / "out" / name) == rows(root / "out" / name)
