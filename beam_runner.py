@@ -4,6 +4,8 @@
     python beam_runner.py make-clip --output DIR [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
+    python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
+    python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
     python beam_runner.py report DIR
     python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200]
 
@@ -61,6 +63,20 @@ def stage1(argv: list[str]) -> None:
     print(f"\nstage1: {pairs:,} pairs in {seconds:.1f} s ({pairs / seconds:,.0f} pairs/s)")
 
 
+def stage2(argv: list[str], chat: bool = False) -> None:
+    from pipelines import stage2 as stage2_lib
+
+    started = time.perf_counter()
+    report = stage2_lib.run(argv, chat=chat)
+    seconds = time.perf_counter() - started
+    total = report["total"]
+    print(f"\n{report['stage']}: {total['samples']:,} samples, {total['sequences']:,} sequences in {seconds:.1f} s")
+
+
+def sft(argv: list[str]) -> None:
+    stage2(argv, chat=True)
+
+
 def report(argv: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
@@ -97,7 +113,15 @@ def inspect(argv: list[str]) -> None:
         raise UsageError(str(e)) from None
 
 
-COMMANDS = {"make-sample": make_sample, "make-clip": make_clip, "stage1": stage1, "report": report, "inspect": inspect}
+COMMANDS = {
+    "make-sample": make_sample,
+    "make-clip": make_clip,
+    "stage1": stage1,
+    "stage2": stage2,
+    "sft": sft,
+    "report": report,
+    "inspect": inspect,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

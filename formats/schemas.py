@@ -15,8 +15,8 @@ CURATED = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("phash", pa.string()),  # 64-bit perceptual hash, 16 hex digits
-        ("lang", pa.string()),  # null until language ID runs
-        ("lang_score", pa.float32()),
+        ("lang", pa.string()),  # fastText lid.176's label for the cleaned caption
+        ("lang_score", pa.float32()),  # its probability
         ("clip_score", pa.float32()),  # null where not computed
     ]
 )
@@ -31,5 +31,46 @@ REJECTED = pa.schema(
         ("reason", pa.string()),  # a name from filters/reasons.py
         ("detail", pa.string()),  # what exactly failed
         ("image", pa.binary()),  # encoded bytes as received, for audit (null if none, or not kept)
+    ]
+)
+
+# stage2 / sft: one row per formatted sample.
+SAMPLES = pa.schema(
+    [
+        ("uid", pa.string()),  # hash of source and key
+        ("task", pa.string()),  # a name from formats/example.py (sft: "chat")
+        ("source", pa.string()),
+        ("key", pa.string()),
+        ("text", pa.string()),  # the rendered string; images shown as <img>REF</img>
+        ("input_ids", pa.list_(pa.int32())),  # each image: <img>, 256 <imgpad>, </img>
+        ("loss_mask", pa.list_(pa.int8())),  # 1 = supervised
+        ("images", pa.list_(pa.binary())),  # encoded bytes, in the order of the <img> tokens
+        ("image_refs", pa.list_(pa.string())),  # what each <img>...</img> named
+    ]
+)
+
+# stage2 / sft: one row per training sequence of exactly seq_len tokens.
+PACKED = pa.schema(
+    [
+        ("uid", pa.string()),  # hash of the uids packed in it
+        ("task", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),  # seq_len ids; padding is <|endoftext|>
+        ("loss_mask", pa.list_(pa.int8())),  # 1 = supervised; 0 on padding
+        ("doc_ids", pa.list_(pa.int16())),  # per token: its document's index in the sequence; -1 = padding
+        ("position_ids", pa.list_(pa.int32())),  # restarting at 0 for each document
+        ("images", pa.list_(pa.binary())),  # encoded bytes, in the order of the <img> tokens
+        ("sample_uids", pa.list_(pa.string())),  # the samples packed in it, in order
+    ]
+)
+
+# stage2 / sft rejects: what could not become a sample, or a sample that could not be packed.
+STAGE2_REJECTED = pa.schema(
+    [
+        ("uid", pa.string()),
+        ("task", pa.string()),
+        ("source", pa.string()),
+        ("key", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
     ]
 )

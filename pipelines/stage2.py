@@ -1,0 +1,408 @@
+"""Stage 2 and stage 3 on Beam: annotated data sets -> samples/, packed/, rejected/ and report.json.
+
+    python beam_runner.py stage2 --source caption:curated=stage1/curated --source vqa:vqav2=/data/vqav2 \\
+        --images vqav2=/data/coco/train2014 --output stage2/ [--seq-len 2048] [--tokenizer qwen.tiktoken]
+    python beam_runner.py sft --input chat.json --output sft/ [--images DIR] [--seq-len 2048]
+
+The graph: each --source is read by its converter (formats/sources/), one DoFn per source, spread over
+the workers; each example's image is read from its image folder (bytes as stored, size from the
+header unless the annotations give it), its boxes put on the 1000 grid (formats/boxes.py), its text
+rendered (formats/templates.py; sft: formats/chatml.py) and tokenized (formats/tokenizer.py) ->
+samples/. Samples of one task go in groups of at most --pack-group to the packer
+(formats/packing.py) -> packed/. Whatever cannot become a sample, and a sample that cannot be packed,
+is a rejected row with its reason, counted in the report; nothing is dropped silently.
+
+Packing shuffles the samples (images included) to their groups: on the in-process runner that data is
+held in memory, so large stage-2 runs belong on a distributed runner (Dataflow, Spark, Flink).
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from PIL import Image
+
+from filters.pair import pair_uid
+from formats import schemas
+from formats.boxes import normalize_example
+from formats.chatml import render as render_chat
+from formats.example import TEXT, Example, Invalid
+from formats.packing import SEQ_LEN, Sample, pack
+from formats.sources import CONVERTERS, PER_FILE, convert
+from formats.templates import check, render
+from formats.tokenizer import ImageTagError, QwenTokenizer, VocabularyError
+from pipelines.stage1 import DEFAULT_RUNNER, REJECTED, write_parquet
+from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
+
+CHAT = "chat"  # the task name of stage-3 conversations
+PACK_GROUP = 4096  # samples per packing group: efficiency and cost both grow with it
+log = logging.getLogger("stage2")
+
+# Rejects of this module (the converters, boxes, templates, chat and packer name their own).
+IMAGE_MISSING = "image_missing"
+IMAGE_UNREADABLE = "image_unreadable"
+BAD_IMAGE_TAG = "bad_image_tag"
+
+
+class Source(NamedTuple):
+    """One --source: the task, the converter's format name, the annotations, the image folder, and the
+    files the converter is run on (the path itself, or each file of it for per-file formats)."""
+
+    task: str
+    format: str
+    path: str
+    images: str
+    files: tuple[str, ...]
+
+
+def sample_uid(task: str, source: str, key: str) -> str:
+    """Stable across reruns, and distinct per task: one region feeds referring and grounded captioning."""
+    return pair_uid(f"{task}/{source}", key)
+
+
+def reject_row(task: str, item: Invalid) -> dict:
+    uid = sample_uid(task, item.source, item.key)
+    return {"uid": uid, "task": task, "source": item.source, "key": item.key, "reason": item.reason, "detail": item.detail}
+
+
+def read_image(example: Example, images: str) -> tuple[bytes, int, int] | Invalid:
+    """(bytes, width, height) of the example's image: its own bytes or the file under `images`; the size
+    from the annotations where they give it (their boxes are in that size), else from the header."""
+    data = example.image_bytes
+    if data is None:
+        path = FileSystems.join(images, example.image)
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                data = f.read()
+        except (OSError, IOError) as e:
+            return Invalid(example.source, example.key, IMAGE_MISSING, f"{path}: {type(e).__name__}")
+    width, height = example.width, example.height
+    if not (width and height):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError... on bytes that are not an image
+            return Invalid(example.source, example.key, IMAGE_UNREADABLE, f"{type(e).__name__}: {e}")
+    return data, width, height
+
+
+class MakeSamples(beam.DoFn):
+    """Examples (or a converter's Invalids) -> sample rows; rejects tagged. The tokenizer loads once per
+    worker."""
+
+    def __init__(self, tokenizer_path: str | None):
+        self.tokenizer_path = tokenizer_path
+
+    def setup(self):
+        self.tokenizer = QwenTokenizer(self.tokenizer_path)
+
+    def process(self, item, source: Source):
+        if isinstance(item, Invalid):
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, item))
+            return
+        images = []
+        if item.task != TEXT:
+            found = read_image(item, source.images)
+            if isinstance(found, Invalid):
+                yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, found))
+                return
+            data, width, height = found
+            item = normalize_example(item, width, height)
+            images = [data]
+        problem = item if isinstance(item, Invalid) else check(item)
+        if problem:
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, problem))
+            return
+        yield from self.sample(source.task, item.source, item.key, render(item), images)
+
+    def sample(self, task: str, source: str, key: str, segments, images: list[bytes]):
+        try:
+            encoded = self.tokenizer.encode_segments(segments)
+        except ImageTagError as e:
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(task, Invalid(source, key, BAD_IMAGE_TAG, str(e))))
+            return
+        Metrics.counter("stage2", f"samples_{task}").inc()
+        yield {
+            "uid": sample_uid(task, source, key),
+            "task": task,
+            "source": source,
+            "key": key,
+            "text": "".join(text for text, _ in segments),
+            "input_ids": encoded.ids,
+            "loss_mask": encoded.mask,
+            "images": images,
+            "image_refs": encoded.images,
+        }
+
+
+class MakeChatSamples(MakeSamples):
+    """Fine-tuning records -> sample rows: ChatML segments, images read from the image folder in order."""
+
+    def process(self, item, source: Source):
+        index, record = item
+        if isinstance(record, Invalid):  # the file itself could not be read
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, record))
+            return
+        chat = render_chat(record, source.format, fallback_key=f"{os.path.basename(source.path)}:{index}")
+        if isinstance(chat, Invalid):
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, chat))
+            return
+        images = []
+        for path in chat.images:
+            found = read_image(Example(CHAT, source.format, chat.key, image=path, width=1, height=1), source.images)
+            if isinstance(found, Invalid):
+                yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, found))
+                return
+            images.append(found[0])
+        yield from self.sample(CHAT, source.format, chat.key, chat.segments, images)
+
+
+def pack_group(task_and_rows, seq_len: int):
+    """One group of a task's sample rows -> packed rows, and rejects (tagged)."""
+    task, rows = task_and_rows
+    rows = list(rows)
+    by_uid = {row["uid"]: row for row in rows}
+    samples = [Sample(row["uid"], row["input_ids"], row["loss_mask"], row["images"]) for row in rows]
+    sequences, rejects = pack(samples, seq_len, split_text=task == TEXT)  # only pure text is cut into pieces
+    for s in sequences:
+        Metrics.counter("stage2", f"sequences_{task}").inc()
+        members = "\0".join(f"{uid}@{start}" for uid, start in zip(s.uids, s.starts))
+        yield {
+            "uid": hashlib.blake2b(members.encode(), digest_size=8).hexdigest(),
+            "task": task,
+            "input_ids": s.ids.tolist(),
+            "loss_mask": s.mask.tolist(),
+            "doc_ids": s.doc.tolist(),
+            "position_ids": s.pos.tolist(),
+            "images": s.images,
+            "sample_uids": s.uids,
+        }
+    for r in rejects:
+        row = by_uid[r.uid]
+        yield beam.pvalue.TaggedOutput(REJECTED, {**{k: row[k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail})
+
+
+def packing_counts(row: dict) -> tuple[str, tuple[int, int, int]]:
+    """(task, (sequences, tokens, document tokens)) of one packed row."""
+    return row["task"], (1, len(row["doc_ids"]), sum(1 for d in row["doc_ids"] if d >= 0))
+
+
+def build_report(samples, rejects, packing, settings: dict) -> dict:
+    """report.json: samples per task and source, rejects per reason (and task, source), packing per task."""
+    per_task: dict[str, dict] = {}
+    for (task, source), n in samples:
+        per_task.setdefault(task, {"samples": 0, "sources": {}, "rejected": {}})["samples"] += n
+        per_task[task]["sources"][source] = n
+    for (task, reason), n in rejects:
+        rejected = per_task.setdefault(task, {"samples": 0, "sources": {}, "rejected": {}})["rejected"]
+        rejected[reason] = rejected.get(reason, 0) + n
+    tokens = documents = 0
+    for task, (sequences, total, docs) in packing:
+        per_task.setdefault(task, {"samples": 0, "sources": {}, "rejected": {}})
+        per_task[task]["packed"] = {"sequences": sequences, "tokens": total, "efficiency": round(docs / total, 4) if total else 1.0}
+        tokens, documents = tokens + total, documents + docs
+    return {
+        "stage": settings["stage"],
+        "tasks": dict(sorted(per_task.items())),
+        "total": {
+            "samples": sum(t["samples"] for t in per_task.values()),
+            "rejected": sum(n for _, n in rejects),
+            "sequences": sum(t.get("packed", {}).get("sequences", 0) for t in per_task.values()),
+            "packing_efficiency": round(documents / tokens, 4) if tokens else 1.0,
+        },
+        "settings": settings,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['stage']}: samples, rejects and packing per task", ""]
+    header = f"{'task':<18}{'samples':>10}{'rejected':>10}{'sequences':>11}{'efficiency':>12}"
+    lines += [header, "-" * len(header)]
+    for task, t in report["tasks"].items():
+        packed = t.get("packed", {})
+        eff = f"{100 * packed['efficiency']:.2f}%" if packed else "-"
+        lines.append(f"{task:<18}{t['samples']:>10,}{sum(t['rejected'].values()):>10,}{packed.get('sequences', 0):>11,}{eff:>12}")
+    total = report["total"]
+    lines.append(f"{'total':<18}{total['samples']:>10,}{total['rejected']:>10,}{total['sequences']:>11,}{100 * total['packing_efficiency']:>11.2f}%")
+    reasons: dict[str, int] = {}
+    for t in report["tasks"].values():
+        for reason, n in t["rejected"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    if reasons:
+        lines += ["", "rejected: " + ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items()))]
+    return "\n".join(lines)
+
+
+def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: bool = False):
+    """Add the stage-2 (or, with `chat`, the sft) graph to pipeline `p`."""
+    seq_len, group = settings["seq_len"], settings["pack_group"]
+    branches = []
+    for i, source in enumerate(sources):
+        label = f"{source.task}:{source.format}[{i}]"
+        read = (
+            p
+            | f"Files[{label}]" >> beam.Create(source.files)
+            | f"SpreadFiles[{label}]" >> beam.Reshuffle()
+            | f"Convert[{label}]" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
+            | f"Spread[{label}]" >> beam.Reshuffle()
+        )
+        make = MakeChatSamples(settings["tokenizer"]) if chat else MakeSamples(settings["tokenizer"])
+        made = read | f"Samples[{label}]" >> beam.ParDo(make, source).with_outputs(REJECTED, main="samples")
+        branches.append(made)
+    samples = [b.samples for b in branches] | "AllSamples" >> beam.Flatten()
+    rejected = [b[REJECTED] for b in branches] | "AllRejects" >> beam.Flatten()
+    write_parquet(samples, "samples", FileSystems.join(output, "samples", "part"), schemas.SAMPLES)
+    packed = (
+        samples
+        | "ByTask" >> beam.Map(lambda row: (row["task"], row)).with_output_types(tuple[str, dict])
+        | "Groups" >> beam.GroupIntoBatches(group)
+        | "Pack" >> beam.FlatMap(pack_group, seq_len).with_outputs(REJECTED, main="packed")
+    )
+    write_parquet(packed.packed, "packed", FileSystems.join(output, "packed", "part"), schemas.PACKED)
+    write_parquet(rejected, "rejected", FileSystems.join(output, "rejected", "samples"), schemas.STAGE2_REJECTED)
+    write_parquet(packed[REJECTED], "rejected-packing", FileSystems.join(output, "rejected", "packing"), schemas.STAGE2_REJECTED)
+
+    def counted(pcoll, name, key):
+        return beam.pvalue.AsSingleton(pcoll | f"Key[{name}]" >> beam.Map(key) | f"Count[{name}]" >> beam.combiners.Count.PerElement() | f"List[{name}]" >> beam.combiners.ToList())
+
+    sample_counts = counted(samples, "samples", lambda row: (row["task"], row["source"]))
+    reject_counts = counted(rejected, "rejects", lambda row: (row["task"], row["reason"]))
+    packing_rejects = counted(packed[REJECTED], "packing-rejects", lambda row: (row["task"], row["reason"]))
+    packing = beam.pvalue.AsSingleton(
+        packed.packed
+        | "PackingCounts" >> beam.Map(packing_counts)
+        | "SumPacking" >> beam.CombinePerKey(lambda values: tuple(map(sum, zip(*values))) if values else (0, 0, 0))
+        | "ListPacking" >> beam.combiners.ToList()
+    )
+
+    def report(_, samples, rejects, more_rejects, packing):
+        return build_report(samples, rejects + more_rejects, packing, settings)
+
+    (
+        p
+        | "ReportStart" >> beam.Create([None])
+        | "BuildReport" >> beam.Map(report, sample_counts, reject_counts, packing_rejects, packing)
+        | "ToJson" >> beam.Map(lambda r: json.dumps(r, indent=2, ensure_ascii=False))
+        | "WriteJson" >> beam.io.WriteToText(FileSystems.join(output, "report.json"), shard_name_template="")
+    )
+
+
+def read_chat(path: str, source: Source):
+    """The records of a fine-tuning JSON list, as (index, record); a file that is not one -> an Invalid."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            records = json.loads(f.read())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [(0, Invalid(source.format, path, "file_unreadable", f"{type(e).__name__}: {e}"))]
+    if not isinstance(records, list):
+        return [(0, Invalid(source.format, path, "file_unreadable", "not a JSON list of records"))]
+    return list(enumerate(records))
+
+
+def _parse_source(spec: str, images: dict[str, str]) -> Source:
+    """TASK:FORMAT=PATH -> a Source whose image folder is --images FORMAT=DIR, else PATH's folder."""
+    head, sep, path = spec.partition("=")
+    task, colon, fmt = head.partition(":")
+    if not (sep and colon and task and fmt and path):
+        raise UsageError(f"--source {spec!r}: expected TASK:FORMAT=PATH, e.g. vqa:vqav2=/data/vqav2/")
+    if (task, fmt) not in CONVERTERS:
+        known = ", ".join(f"{t}:{f}" for t, f in sorted(CONVERTERS))
+        raise UsageError(f"--source {spec!r}: no converter for {task}:{fmt} (known: {known})")
+    if not any(c in path for c in "*?[") and not FileSystems.exists(path):
+        raise UsageError(f"--source {spec!r}: {path} does not exist")
+    folder = path if path.endswith("/") or os.path.isdir(path) else os.path.dirname(path)
+    return Source(task, fmt, path, images.get(fmt) or folder, _files(fmt, path))
+
+
+def _files(fmt: str, path: str) -> tuple[str, ...]:
+    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path."""
+    if fmt not in PER_FILE or not (path.endswith("/") or os.path.isdir(path) or any(c in path for c in "*?[")):
+        return (path,)
+    patterns = [FileSystems.join(path, p) for p in PER_FILE[fmt]] if not any(c in path for c in "*?[") else [path]
+    files = sorted(m.path for result in FileSystems.match(patterns) for m in result.metadata_list)
+    if not files:
+        raise UsageError(f"--source {fmt}={path}: no {' or '.join(PER_FILE[fmt])} files there")
+    return tuple(files)
+
+
+def _parse_images(specs: list[str]) -> dict[str, str]:
+    images = {}
+    for spec in specs:
+        fmt, sep, folder = spec.partition("=")
+        if not (sep and fmt and folder):
+            raise UsageError(f"--images {spec!r}: expected FORMAT=FOLDER, e.g. vqav2=/data/coco/train2014")
+        images[fmt] = folder
+    return images
+
+
+def _common_options(parser) -> None:
+    parser.add_argument("--output", required=True, help="folder for samples/, packed/, rejected/ and report.json")
+    parser.add_argument("--seq-len", type=int, default=SEQ_LEN, help=f"tokens per packed sequence (default {SEQ_LEN})")
+    parser.add_argument("--pack-group", type=int, default=PACK_GROUP, help=f"samples per packing group (default {PACK_GROUP})")
+    parser.add_argument("--tokenizer", help="a qwen.tiktoken file (default: the one the dashscope wheel ships)")
+
+
+def prepare(argv: list[str], chat: bool):
+    """Everything checked before the pipeline starts; returns (sources, output, settings, Beam options)."""
+    prog = "beam_runner.py sft" if chat else "beam_runner.py stage2"
+    parser = ArgumentParser(prog=prog, description="Stage-3 ChatML samples." if chat else "Stage-2 multi-task samples.")
+    if chat:
+        parser.add_argument("--input", required=True, help="a fine-tuning JSON list: id, conversations of from/value")
+        parser.add_argument("--images", help="the folder image paths are relative to (default: the input's folder)")
+    else:
+        parser.add_argument("--source", action="append", required=True, metavar="TASK:FORMAT=PATH", help="a data set's annotations (repeatable)")
+        parser.add_argument("--images", action="append", default=[], metavar="FORMAT=FOLDER", help="where a format's images are (default: its PATH's folder)")
+    _common_options(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    unknown = unknown_beam_args(beam_args)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]} (neither {prog.split()[-1]}'s nor a Beam pipeline option)")
+    if args.seq_len < 16:
+        raise UsageError(f"--seq-len must be >= 16, not {args.seq_len}")
+    if args.pack_group < 1:
+        raise UsageError(f"--pack-group must be >= 1, not {args.pack_group}")
+    try:
+        tokenizer = QwenTokenizer(args.tokenizer)
+    except VocabularyError as e:
+        raise UsageError(str(e)) from None
+    if chat:
+        if not FileSystems.exists(args.input):
+            raise UsageError(f"--input {args.input} does not exist")
+        name = os.path.splitext(os.path.basename(args.input))[0]
+        sources = [Source(CHAT, name, args.input, args.images or os.path.dirname(args.input) or ".", (args.input,))]
+    else:
+        images = _parse_images(args.images)
+        sources = [_parse_source(spec, images) for spec in args.source]
+    settings = {
+        "stage": "sft" if chat else "stage2",
+        "sources": [s._asdict() for s in sources],
+        "seq_len": args.seq_len,
+        "pack_group": args.pack_group,
+        "tokenizer": str(tokenizer.path),
+    }
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    return sources, args.output, settings, options
+
+
+def run(argv: list[str], chat: bool = False) -> dict:
+    """Run stage 2 (or sft) and return its report (also written to OUTPUT/report.json and printed)."""
+    sources, output, settings, options = prepare(argv, chat)
+    old = [m.path for r in FileSystems.match([FileSystems.join(output, d, "*.parquet") for d in ("samples", "packed", "rejected")]) for m in r.metadata_list]
+    if old:
+        log.info("removing %d files of an earlier run in %s", len(old), output)
+        FileSystems.delete(old)
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, sources, output, settings, chat)
+    with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:
+        report = json.loads(f.read())
+    print(format_report(report))
+    return report
