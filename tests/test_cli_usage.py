@@ -85,3 +85,16 @@ def test_bad_model_options(tmp_path, shard, capsys):
     assert code == 2 and err.startswith("error: CLIP model 'ViT-B-32' has no weights: name an open_clip pretrained tag (")
     assert err.endswith("or a weights file; random weights are refused")
     assert not (tmp_path / "out").exists()
+
+
+def test_stage2_and_sft_usage(tmp_path, capsys):
+    out = ["--output", str(tmp_path / "out")]
+    assert run(["stage2", "--source", "vqa=x"] + out, capsys) == (2, "error: --source 'vqa=x': expected TASK:FORMAT=PATH, e.g. vqa:vqav2=/data/vqav2/")
+    code, err = run(["stage2", "--source", f"vqa:vqa3={tmp_path}"] + out, capsys)
+    assert code == 2 and err.startswith(f"error: --source 'vqa:vqa3={tmp_path}': no converter for vqa:vqa3 (known: caption:coco, caption:curated, ")
+    assert run(["stage2", "--source", f"vqa:vqav2={tmp_path}/nope"] + out, capsys) == (2, f"error: --source 'vqa:vqav2={tmp_path}/nope': {tmp_path}/nope does not exist")
+    assert run(["stage2", "--source", f"text:text={tmp_path}"] + out, capsys) == (2, f"error: --source text={tmp_path}: no *.txt or *.jsonl files there")
+    assert run(["stage2", "--source", f"vqa:vqav2={tmp_path}", "--seq-len", "8"] + out, capsys) == (2, "error: --seq-len must be >= 16, not 8")
+    assert run(["stage2", "--source", f"vqa:vqav2={tmp_path}", "--tokenizer", f"{tmp_path}/q.tiktoken"] + out, capsys)[1].startswith(f"error: {tmp_path}/q.tiktoken: cannot read the vocabulary")
+    assert run(["sft", "--input", f"{tmp_path}/chat.json"] + out, capsys) == (2, f"error: --input {tmp_path}/chat.json does not exist")
+    assert not (tmp_path / "out").exists()
