@@ -5,6 +5,8 @@ import fnmatch
 import io
 import os
 import posixpath
+import tarfile
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -46,3 +48,23 @@ def list_files(folder: str, pattern: str) -> list[str]:
         return []
     names = sorted(info.base_name for info in infos if info.type == pafs.FileType.File and fnmatch.fnmatch(info.base_name, pattern))
     return [join(folder, name) for name in names]
+
+
+def tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample of a tar stream, members grouped by key as webdataset does:
+    the key is the member's path up to the first dot of its file name, the extension is lowercased."""
+    key, members = None, {}
+    with tarfile.open(fileobj=f, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            head, _, ext = member.name.rpartition("/")
+            stem, _, ext = ext.partition(".")
+            name = f"{head}/{stem}" if head else stem
+            if name != key and key is not None:
+                yield key, members
+                members = {}
+            key = name
+            members[ext.lower()] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, members

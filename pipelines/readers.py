@@ -25,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from filters import reasons
 from filters.pair import RawPair
 from filters.rule import Reject
+from formats.files import tar_samples
 from pipelines.inputs import IMAGE_COLUMNS
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff")
@@ -60,25 +61,6 @@ def _shard_metadata(tar_path: str) -> dict[str, dict]:
     return {row["key"]: row for batch in _parquet_batches(meta_path, wanted) for row in batch}
 
 
-def _tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of a tar stream, members grouped by key as webdataset does."""
-    key, members = None, {}
-    with tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            head, _, ext = member.name.rpartition("/")
-            stem, _, ext = ext.partition(".")
-            name = f"{head}/{stem}" if head else stem
-            if name != key and key is not None:
-                yield key, members
-                members = {}
-            key = name
-            members[ext.lower()] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, members
-
-
 def _webdataset_pair(source: str, key: str, members: dict, meta: dict) -> RawPair:
     image = next((members[e] for e in IMAGE_EXTENSIONS if members.get(e) is not None), None)
     url = meta.get("url")
@@ -106,7 +88,7 @@ def read_webdataset(source: str, path: str) -> Iterator[RawPair]:
                     yield _file_reject(source, path, reasons.SHARD_EMPTY, "empty file")
                     return
             f.seek(0)
-            for key, members in _tar_samples(f):
+            for key, members in tar_samples(f):
                 seen.add(key)
                 yield _webdataset_pair(source, key, members, meta.get(key, {}))
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:

@@ -8,6 +8,7 @@ that into a "malformed_record" Invalid under the record's key and goes on with t
 
 import json
 import posixpath
+from urllib.parse import urlparse
 from collections.abc import Callable, Iterable, Iterator
 
 
@@ -161,3 +162,12 @@ def convert(source: str, records: Iterable[tuple[str, object]], build: Callable[
             yield build(key, record)
         except Malformed as e:
             yield Invalid(source, key, MALFORMED, str(e))
+
+
+def vg_image(record: dict) -> tuple[str, int | None, int | None]:
+    """(image, width, height) of an image_data.json entry: the image is its url's last two parts."""
+    url = text(record, "url")
+    parts = [p for p in urlparse(url).path.split("/") if p]
+    if len(parts) < 2:
+        raise Malformed(f"field 'url' {url!r} names no FOLDER/FILE")
+    return "/".join(parts[-2:]), size(record, "width"), size(record, "height")

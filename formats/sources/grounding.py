@@ -44,13 +44,12 @@ Tasks:
 """
 
 import json
-import tarfile
 from collections.abc import Iterable, Iterator
 
 import pyarrow.parquet as pq
-from formats.files import open_file
 
 from formats.example import GROUNDED_CAPTION, GROUNDING, REFERRING, Example, Invalid, Region, Span
+from formats.files import open_file, tar_samples
 from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, exists, get, ident, name, size
 from formats.sources.text import jsonl_records
 
@@ -170,29 +169,12 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
                 yield number, row
 
 
-def _tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of a tar stream, members grouped by key as webdataset does."""
-    key, members = None, {}
-    with tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            stem, _, ext = member.name.rpartition("/")[2].partition(".")
-            if stem != key and key is not None:
-                yield key, members
-                members = {}
-            key = stem
-            members[ext] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, members
-
-
 def _webdataset_rows(path: str) -> Iterator[tuple[int, dict | Malformed]]:
     """(number, row) of an img2dataset webdataset shard: each sample's KEY.json with its KEY.jpg as `jpg`,
     then the rows of the shard's Parquet whose download failed (they are not in the tar)."""
     number = 0
     with open_file(path, compression=None) as f:
-        for key, members in _tar_samples(f):
+        for key, members in tar_samples(f):
             number += 1
             try:
                 row = json.loads(members["json"])

@@ -35,7 +35,6 @@ import pickle
 import posixpath
 import re
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 from formats.files import open_file
 
@@ -56,6 +55,7 @@ from formats.sources.common import (
     read_json,
     size,
     text,
+    vg_image,
 )
 
 TASKS = (REFERRING, GROUNDED_CAPTION)
@@ -232,21 +232,12 @@ def read_vg(path: str, task: str) -> Iterator[Example | Invalid]:
     return _read_vg(regions_path, join(folder, "image_data.json"), task)
 
 
-def _vg_image(record: dict) -> tuple[str, int | None, int | None]:
-    """(image, width, height) of an image_data.json entry: the image is its url's last two parts."""
-    url = text(record, "url")
-    parts = [p for p in urlparse(url).path.split("/") if p]
-    if len(parts) < 2:
-        raise Malformed(f"field 'url' {url!r} names no FOLDER/FILE")
-    return "/".join(parts[-2:]), size(record, "width"), size(record, "height")
-
-
 def _read_vg(regions_path: str, images_path: str, task: str) -> Iterator[Example | Invalid]:
     image_data, bad = read_json(VG, images_path, list)
     if bad:
         yield bad
         return
-    images = image_table(image_data, ("image_id", "id"), _vg_image)
+    images = image_table(image_data, ("image_id", "id"), vg_image)
     count = 0
     try:
         with open_file(regions_path, compression=None) as raw:

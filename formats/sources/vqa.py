@@ -23,7 +23,6 @@ naming the field. Questions without an answer (the test splits) are malformed re
 import posixpath
 from collections import Counter
 from collections.abc import Iterator
-from urllib.parse import urlparse
 
 from formats.example import VQA, Example, Invalid
 from formats.sources.common import (
@@ -45,6 +44,7 @@ from formats.sources.common import (
     size,
     text,
     texts,
+    vg_image,
 )
 
 VQAV2, GQA, VG, DVQA, OCR_VQA = "vqav2", "gqa", "vg", "dvqa", "ocr-vqa"
@@ -131,15 +131,6 @@ def read_gqa(path: str) -> Result:
     yield from convert(GQA, keyed(questions, None, name(path)), build)
 
 
-def _vg_image(record: dict) -> tuple[str, int | None, int | None]:
-    """(image, width, height) of an image_data.json entry: the image is its url's last two parts."""
-    url = text(record, "url")
-    parts = [p for p in urlparse(url).path.split("/") if p]
-    if len(parts) < 2:
-        raise Malformed(f"field 'url' {url!r} names no FOLDER/FILE")
-    return "/".join(parts[-2:]), size(record, "width"), size(record, "height")
-
-
 def read_vg_qa(path: str) -> Result:
     """Visual Genome QA (visualgenome.org; the visual_genome_python_driver's local.py and utils.py): in
     the folder `path`, question_answers.json ([{id (the image), qas: [{qa_id, image_id, question, answer,
@@ -153,7 +144,7 @@ def read_vg_qa(path: str) -> Result:
     if bad or bad_qas:
         yield from (b for b in (bad, bad_qas) if b)
         return
-    images = image_table(image_data, ("image_id", "id"), _vg_image)
+    images = image_table(image_data, ("image_id", "id"), vg_image)
 
     def build(key, qa):
         file, width, height = lookup(images, get(qa, "image_id", int), "image_data.json")
