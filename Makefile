@@ -22,7 +22,17 @@ demo: $(STAMP)
 	$(PY) beam_runner.py stage1 --input laion-en=demo/raw-en --input laion-zh=demo/raw-zh --output demo/stage1 \
 		--config demo/stage1.toml --clip-model local-dir:demo/clip-random
 	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
-	@echo "funnel chart: demo/stage1/funnel.png; rejected pairs to look at: demo/rejected.html"
+	$(PY) beam_runner.py make-stage2-sample --output demo/annotated
+	$(PY) beam_runner.py stage2 --output demo/stage2 --source caption:curated=demo/stage1/curated \
+		--source vqa:vqav2=demo/annotated/vqav2 --images vqav2=demo/annotated/coco/train2014 \
+		--source caption:coco=demo/annotated/coco/annotations/captions_train2014.json --images coco=demo/annotated/coco/train2014 \
+		--source referring:refcoco=demo/annotated/refer/refcoco --source grounded_caption:refcoco=demo/annotated/refer/refcoco \
+		--images refcoco=demo/annotated/coco/train2014 --source grounding:grit=demo/annotated/grit \
+		--source referring:vg=demo/annotated/vg --source grounded_caption:vg=demo/annotated/vg \
+		--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
+	$(PY) beam_runner.py sft --input demo/annotated/chat/chat.json --output demo/sft
+	$(PY) beam_runner.py inspect demo/stage2/samples --rows 2 --render demo/samples.html --limit 200
+	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,6 +1,7 @@
 """The one command line of the project.
 
     python beam_runner.py make-sample --output DIR [--pairs 2000] [--seed 0] [--format webdataset|parquet] [--language en|zh]
+    python beam_runner.py make-stage2-sample --output DIR [--seed 0] [--per-set 40]
     python beam_runner.py make-clip --output DIR [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
@@ -39,6 +40,22 @@ def make_sample(argv: list[str]) -> None:
     expected = ", ".join(f"{reason} {n}" for reason, n in sorted(record["expected"].items()))
     print(f"wrote {record['pairs']:,} pairs in {record['shards']} shards to {args.output} in {time.perf_counter() - started:.1f} s")
     print(f"expected outcomes: {expected}")
+
+
+def make_stage2_sample(argv: list[str]) -> None:
+    from pipelines.sample_stage2 import make_stage2_sample
+
+    parser = ArgumentParser(prog="beam_runner.py make-stage2-sample", description="Write small annotated data sets in their published layouts.")
+    parser.add_argument("--output", required=True, help="folder to write the data sets into")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--per-set", type=int, default=40, help="records per data set (default 40, at least 12)")
+    args = parser.parse_args(argv)
+    if args.per_set < 12:
+        raise UsageError(f"--per-set must be >= 12, not {args.per_set}")
+    manifest = make_stage2_sample(args.output, seed=args.seed, per_set=args.per_set)
+    print(f"wrote {len(manifest['sets'])} data sets to {args.output} ({args.output}/stage2_sample.json lists them)")
+    print("stage2 arguments: " + " ".join(manifest["stage2_args"]))
+    print("sft arguments: " + " ".join(manifest["sft_args"]))
 
 
 def make_clip(argv: list[str]) -> None:
@@ -115,6 +132,7 @@ def inspect(argv: list[str]) -> None:
 
 COMMANDS = {
     "make-sample": make_sample,
+    "make-stage2-sample": make_stage2_sample,
     "make-clip": make_clip,
     "stage1": stage1,
     "stage2": stage2,

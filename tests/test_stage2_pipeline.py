@@ -1,0 +1,99 @@
+"""Stage 2 and sft end to end: make-sample -> stage1 -> stage2 (curated captions + every annotated data
+set) -> samples/ and packed/; exact counts and rejects against what the samples planted."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from formats.tokenizer import PAD_ID, QwenTokenizer
+from pipelines import stage1, stage2
+from pipelines.sample_corpus import make_sample
+from pipelines.sample_stage2 import make_stage2_sample
+
+SEQ_LEN = 2048
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    make_sample(str(root / "raw"), pairs=300, seed=7, shard_size=150)
+    stage1.run(["--input", f"laion-en={root / 'raw'}", "--output", str(root / "stage1")])
+    manifest = make_stage2_sample(str(root / "annotated"), seed=0, per_set=16)
+    args = [a.replace("OUTPUT", str(root / "annotated")) for a in manifest["stage2_args"]]
+    report = stage2.run(args + ["--source", f"caption:curated={root / 'stage1' / 'curated'}", "--output", str(root / "out")])
+    sft_args = [a.replace("OUTPUT", str(root / "annotated")) for a in manifest["sft_args"]]
+    chat_report = stage2.run(sft_args + ["--output", str(root / "sft")], chat=True)
+    return root, manifest, report, chat_report
+
+
+def table(folder) -> list[dict]:
+    return pq.read_table(folder).to_pylist()
+
+
+def test_samples_and_rejects_per_task_are_what_was_planted(runs):
+    root, manifest, report, _ = runs
+    curated = pq.read_table(root / "stage1" / "curated", columns=["uid"]).num_rows
+    expected: dict[str, int] = {"caption": curated}
+    planted = set()
+    for name, s in manifest["sets"].items():
+        if name == "sft":
+            continue
+        task = s["source"].split(":")[0]
+        expected[task] = expected.get(task, 0) + s["samples"]
+        planted |= {(task, p["key"], p["reason"]) for p in s["planted"]}
+    samples = table(root / "out" / "samples")
+    found: dict[str, int] = {}
+    for row in samples:
+        found[row["task"]] = found.get(row["task"], 0) + 1
+    assert found == expected
+    assert {task: t["samples"] for task, t in report["tasks"].items()} == expected
+    rejected = {(r["task"], r["key"], r["reason"]) for r in table(root / "out" / "rejected")}
+    assert rejected == planted
+    assert report["total"]["rejected"] == len(planted)
+    assert len({row["uid"] for row in samples}) == len(samples)
+
+
+def test_every_sample_is_packed_once_in_sequences_of_exactly_seq_len(runs):
+    root, _, report, _ = runs
+    samples = {row["uid"]: row for row in table(root / "out" / "samples")}
+    packed = table(root / "out" / "packed")
+    seen: dict[str, int] = {}
+    for row in packed:
+        assert len(row["input_ids"]) == len(row["loss_mask"]) == len(row["doc_ids"]) == len(row["position_ids"]) == SEQ_LEN
+        assert {samples[uid]["task"] for uid in row["sample_uids"]} == {row["task"]}  # same-task sequences
+        images = [image for uid in dict.fromkeys(row["sample_uids"]) for image in samples[uid]["images"]]
+        assert row["images"] == images
+        for uid in row["sample_uids"]:
+            seen[uid] = seen.get(uid, 0) + 1
+        pad = [i for i, d in enumerate(row["doc_ids"]) if d < 0]
+        assert all(row["input_ids"][i] == PAD_ID and row["loss_mask"][i] == 0 for i in pad)
+    assert set(seen) == set(samples)
+    long_text = {uid for uid, n in seen.items() if n > 1}
+    assert long_text and all(samples[uid]["task"] == "text" and len(samples[uid]["input_ids"]) > SEQ_LEN for uid in long_text)
+    assert all(n == 1 for uid, n in seen.items() if samples[uid]["task"] != "text")
+    assert report["total"]["sequences"] == len(packed)
+
+
+def test_a_packed_document_is_its_sample(runs):
+    root, _, _, _ = runs
+    samples = {row["uid"]: row for row in table(root / "out" / "samples")}
+    row = next(r for r in table(root / "out" / "packed") if r["task"] == "referring")
+    first = samples[row["sample_uids"][0]]
+    n = len(first["input_ids"])
+    assert row["input_ids"][:n] == first["input_ids"] and row["loss_mask"][:n] == first["loss_mask"]
+    assert row["position_ids"][:n] == list(range(n)) and row["doc_ids"][:n] == [0] * n
+    text = QwenTokenizer().decode(first["input_ids"], images=first["image_refs"])
+    assert text == first["text"] and "<ref>" in text and text.endswith("</box><|endoftext|>")
+
+
+def test_sft_conversations(runs):
+    root, manifest, _, chat = runs
+    sft = manifest["sets"]["sft"]
+    samples = table(root / "sft" / "samples")
+    assert len(samples) == chat["total"]["samples"] == sft["samples"]
+    assert {(r["key"], r["reason"]) for r in table(root / "sft" / "rejected")} == {(p["key"], p["reason"]) for p in sft["planted"]}
+    row = samples[0]
+    assert row["text"].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert len(row["images"]) == row["text"].count("<img>") == len(row["image_refs"])
+    assert json.loads((root / "sft" / "report.json").read_text())["stage"] == "sft"
