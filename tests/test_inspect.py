@@ -1,4 +1,5 @@
-"""Tests of pipelines/inspect.py: `describe`'s exact lines, the HTML contact sheet, and the one-line errors."""
+"""Tests of pipelines/inspect.py: `describe`'s exact lines, the HTML contact sheet, and the one-line errors; for
+stage-2 samples and packed rows, the decoded text with its supervision marked and the regions drawn on the images."""
 
 import base64
 import io
@@ -12,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from formats.schemas import CURATED, REJECTED
-from pipelines.inspect import _size, describe, render_html
+from formats.schemas import CURATED, PACKED, REJECTED, SAMPLES
+from formats.tokenizer import PAD_ID, QwenTokenizer
+from pipelines.inspect import COLOURS, MAX_DECODED, _kind, _regions, _size, describe, render_html
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -251,3 +253,268 @@ def test_shards_with_different_schemas(tmp_path):
     with pytest.raises(ValueError) as e:
         describe(str(tmp_path))
     assert str(e.value) == f"schema of {tmp_path / 'b.parquet'} differs from that of {tmp_path / 'a.parquet'}"
+
+
+# samples/ and packed/ (stage 2, sft): decoded text, supervision marked, regions drawn
+
+
+@pytest.fixture(scope="module")
+def tok() -> QwenTokenizer:
+    return QwenTokenizer()
+
+
+GREY = (128, 128, 128)
+GROUNDING_PROMPT = "<img>bee.png</img>Generate the caption in English with grounding:"
+GROUNDING_TARGET = " A <ref>bee</ref><box>(125,250),(500,750)</box><|endoftext|>"
+OCR_PROMPT = "<img>sign.png</img>OCR with grounding:"
+OCR_TARGET = "<ref>STOP</ref><quad>(250,125),(750,125),(750,875),(250,875)</quad><|endoftext|>"
+# 768x384 and 384x768: the sheet's thumbnails are 384x192 and 192x384, at exactly half the size.
+PNG_WIDE = encode(Image.new("RGB", (768, 384), GREY), "PNG")
+PNG_TALL = encode(Image.new("RGB", (384, 768), GREY), "PNG")
+
+
+def sample_row(tok, uid: str, segments: list[tuple[str, bool]], images: list[bytes], **fields) -> dict:
+    encoded = tok.encode_segments(segments)
+    row = dict(uid=uid, task="grounding", source="grit", key=f"key-{uid}", text="".join(t for t, _ in segments),
+               input_ids=encoded.ids, loss_mask=encoded.mask, images=images, image_refs=encoded.images)
+    return row | fields
+
+
+def packed_row(uid: str, samples: list[dict], seq_len: int) -> dict:
+    """The samples one after another, then <|endoftext|> padding (unsupervised, doc -1) up to seq_len."""
+    ids, mask, docs, positions, images = [], [], [], [], []
+    for d, s in enumerate(samples):
+        n = len(s["input_ids"])
+        ids += s["input_ids"]
+        mask += s["loss_mask"]
+        docs += [d] * n
+        positions += list(range(n))
+        images += s["images"]
+    pad = seq_len - len(ids)
+    return dict(uid=uid, task="grounding", input_ids=ids + [PAD_ID] * pad, loss_mask=mask + [0] * pad,
+                doc_ids=docs + [-1] * pad, position_ids=positions + list(range(pad)), images=images,
+                sample_uids=[s["uid"] for s in samples])
+
+
+@pytest.fixture
+def samples(tok, tmp_path) -> tuple[Path, list[dict]]:
+    rows = [
+        sample_row(tok, "s0", [(GROUNDING_PROMPT, False), (GROUNDING_TARGET, True)], [PNG_WIDE]),
+        sample_row(tok, "s1", [(OCR_PROMPT, False), (OCR_TARGET, True)], [PNG_TALL]),
+    ]
+    return write(tmp_path / "samples.parquet", rows, SAMPLES), rows
+
+
+@pytest.fixture
+def packed(tok, samples, tmp_path) -> tuple[Path, list[dict]]:
+    _, rows = samples
+    seq_len = len(rows[0]["input_ids"]) + len(rows[1]["input_ids"]) + 10
+    return write(tmp_path / "packed.parquet", [packed_row("p0", rows, seq_len)], PACKED), rows
+
+
+def test_kind_by_column_names():
+    assert _kind(CURATED.names) == _kind(REJECTED.names) == "pairs"
+    assert _kind(SAMPLES.names) == "samples"
+    assert _kind(PACKED.names) == "packed"
+
+
+def test_describe_sample_row(samples):
+    path, rows = samples
+    text = describe(str(path), rows=2)
+    assert ("decoded: the input_ids as text, supervised runs (loss_mask 1) between ⟦ and ⟧, "
+            "each image as <img>REF</img> from image_refs") in text.splitlines()
+    n, supervised = len(rows[0]["input_ids"]), sum(rows[0]["loss_mask"])
+    assert block(text, 0) == [
+        "  uid: s0",
+        "  task: grounding",
+        "  source: grit",
+        "  key: key-s0",
+        "  text: " + GROUNDING_PROMPT + GROUNDING_TARGET,
+        f"  input_ids: list of {n}: [151857, 151859, 151859, …]",
+        f"  loss_mask: list of {n}: [0, 0, 0, …]",
+        f"  images: list of 1: [<PNG 768x384, {_size(len(PNG_WIDE))}>]",
+        "  image_refs: list of 1: [bee.png]",
+        f"  decoded: {n} tokens, {supervised} supervised",
+        "    <img>bee.png</img>Generate the caption in English with grounding:"
+        "⟦ A <ref>bee</ref><box>(125,250),(500,750)</box><|endoftext|>⟧",
+    ]
+    assert block(text, 1)[-1] == "    <img>sign.png</img>OCR with grounding:⟦" + OCR_TARGET + "⟧"
+
+
+def test_describe_marks_every_supervised_run(tok, tmp_path):
+    """ChatML: <|im_start|>, <|im_end|> with its newline and the assistant's content are supervised."""
+    segments = [("<|im_start|>", True), ("system\nYou are a helpful assistant.", False),
+                ("<|im_end|>\n<|im_start|>", True), ("user\nPicture 1: <img>dog.jpg</img>\nWhere?", False),
+                ("<|im_end|>\n<|im_start|>", True), ("assistant\n", False),
+                ("<ref>the dog</ref><box>(1,2),(3,4)</box><|im_end|>\n", True)]
+    path = write(tmp_path / "chat.parquet", [sample_row(tok, "c0", segments, [PNG_WIDE], task="chat")], SAMPLES)
+    assert block(describe(str(path)), 0)[-1] == (
+        "    ⟦<|im_start|>⟧system\\nYou are a helpful assistant.⟦<|im_end|>\\n<|im_start|>⟧"
+        "user\\nPicture 1: <img>dog.jpg</img>\\nWhere?⟦<|im_end|>\\n<|im_start|>⟧"
+        "assistant\\n⟦<ref>the dog</ref><box>(1,2),(3,4)</box><|im_end|>\\n⟧")
+
+
+def test_describe_cuts_long_text_and_keeps_the_marks_paired(tok, tmp_path):
+    document = "word " * 200  # 1,000 characters, all supervised (a pure-text sample)
+    row = sample_row(tok, "t0", [(document + "<|endoftext|>", True)], [], task="text")
+    path = write(tmp_path / "text.parquet", [row], SAMPLES)
+    assert block(describe(str(path)), 0)[-1] == "    ⟦" + document[:MAX_DECODED] + "…⟧"
+
+
+def test_describe_packed_row(packed):
+    path, rows = packed
+    text = describe(str(path))
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    s0, s1 = sum(rows[0]["loss_mask"]), sum(rows[1]["loss_mask"])
+    tokens = n0 + n1 + 10
+    lines = block(text, 0)
+    assert lines[:2] == ["  uid: p0", "  task: grounding"]
+    assert lines[6] == f"  images: list of 2: [<PNG 768x384, {_size(len(PNG_WIDE))}>, <PNG 384x768, {_size(len(PNG_TALL))}>]"
+    assert lines[7:] == [
+        "  sample_uids: list of 2: [s0, s1]",
+        f"  packing: {tokens:,} tokens, 2 documents, 10 padding, efficiency {100 * (n0 + n1) / tokens:.2f}%",
+        f"  document 0: sample s0, {n0} tokens, {s0} supervised, 1 image",
+        "    <img>images[0]</img>Generate the caption in English with grounding:⟦" + GROUNDING_TARGET + "⟧",
+        f"  document 1: sample s1, {n1} tokens, {s1} supervised, 1 image",
+        "    <img>images[1]</img>OCR with grounding:⟦" + OCR_TARGET + "⟧",
+        "  padding: 10 tokens, 0 supervised",
+    ]
+
+
+def test_describe_flags_positions_that_do_not_restart(packed, tmp_path):
+    path, rows = packed
+    row = pq.read_table(path).to_pylist()[0]
+    n0 = len(rows[0]["input_ids"])
+    row["position_ids"] = list(range(len(row["position_ids"])))  # one run across the documents
+    text = describe(str(write(tmp_path / "bad.parquet", [row], PACKED)))
+    assert f"  document 0: sample s0, {n0} tokens, {sum(rows[0]['loss_mask'])} supervised, 1 image" in text
+    assert f", 1 image, position ids not 0..{len(rows[1]['input_ids']) - 1}" in text
+
+
+def test_regions_refer_to_the_last_image_before_them():
+    text = ("<box>(1,1),(2,2)</box>Picture 1: <img>a</img>\nPicture 2: <img>b</img>\n"
+            "<ref>two cats</ref><box>(10,20),(30,40)</box> <box>(50,60),(70,80)</box> and "
+            "<ref>a dog</ref> sits <box>(5,5),(9,9)</box><ref>EXIT</ref><quad>(1,2),(3,4),(5,6),(7,8)</quad><box>(1,2)</box>")
+    regions = _regions(text)
+    assert [(r.kind, r.image, r.label, r.points) for r in regions] == [
+        ("box", None, None, [(1, 1), (2, 2)]),  # before any image: not drawn
+        ("box", 1, "two cats", [(10, 20), (30, 40)]),
+        ("box", 1, "two cats", [(50, 60), (70, 80)]),  # a run of regions after one <ref> shares its label
+        ("box", 1, None, [(5, 5), (9, 9)]),  # words between the <ref> and the box: no label
+        ("quad", 1, "EXIT", [(1, 2), (3, 4), (5, 6), (7, 8)]),
+        ("box", 1, "EXIT", None),  # unreadable coordinates: listed, not drawn
+    ]
+    assert [r.colour for r in regions] == COLOURS[:6]
+    assert text[regions[1].start : regions[1].end] == "<box>(10,20),(30,40)</box>"
+
+
+def drawn(page: str) -> list[Image.Image]:
+    return [image.convert("RGB") for image in thumbnails(page)]
+
+
+def rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def test_render_samples_draws_boxes_and_quads(samples, tmp_path):
+    path, _ = samples
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out)) == 2
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<div class="doc">') == 2
+    wide, tall = drawn(page)
+    assert wide.size == (384, 192) and tall.size == (192, 384)
+    # the box (125,250),(500,750) on the 1000 grid is x 48..192, y 48..144 of 384x192: a 3 px outline inside
+    assert wide.getpixel((49, 96)) == pytest.approx(rgb(COLOURS[0]), abs=24)  # the left edge
+    assert wide.getpixel((120, 143)) == pytest.approx(rgb(COLOURS[0]), abs=24)  # the bottom edge
+    assert wide.getpixel((120, 96)) == pytest.approx(GREY, abs=8)  # inside
+    assert wide.getpixel((240, 96)) == pytest.approx(GREY, abs=8)  # outside, right of it
+    # the label "bee" on a patch of the box's colour, just above its top-left corner
+    assert wide.getpixel((49, 40)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    # the quad (250,125)..(750,875) is x 48..144, y 48..336 of 192x384
+    assert tall.getpixel((49, 200)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert tall.getpixel((143, 200)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert tall.getpixel((96, 200)) == pytest.approx(GREY, abs=8)
+    # the text beside: the supervised target in <mark>, each region's tag in its colour
+    assert ('&lt;img&gt;bee.png&lt;/img&gt;Generate the caption in English with grounding:<mark> A '
+            f'&lt;ref&gt;bee&lt;/ref&gt;<b style="color:{COLOURS[0]}">&lt;box&gt;(125,250),(500,750)&lt;/box&gt;</b>'
+            '&lt;|endoftext|&gt;</mark>') in page
+    assert "<figcaption>bee.png · PNG 768x384, " in page and " · 1 region drawn</figcaption>" in page
+    assert '<div class="meta">uid <code>s0</code> · task <code>grounding</code> · source <code>grit</code>' in page
+
+
+def test_render_packed_draws_each_documents_regions_on_its_own_image(packed, tmp_path):
+    path, rows = packed
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out)) == 1  # rows, not documents
+    page = out.read_text(encoding="utf-8")
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    assert page.count('<section class="packed">') == 1 and page.count('<div class="doc">') == 2
+    assert f"{n0 + n1 + 10:,} tokens, 2 documents, 10 padding (0 supervised), efficiency " in page
+    assert "1 of 1 rows from 1 Parquet file, " in page and ", 2 documents</p>" in page
+    assert '<div class="meta">document <code>1</code> · sample <code>s1</code> · ' in page
+    assert "&lt;img&gt;images[1]&lt;/img&gt;OCR with grounding:<mark>" in page
+    wide, tall = drawn(page)
+    assert wide.getpixel((49, 96)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert tall.getpixel((49, 200)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    # document 0's box is not on document 1's image: x 48..192, y 48..144 would cross (100, 143) there
+    assert tall.getpixel((100, 143)) == pytest.approx(GREY, abs=8)
+
+
+def test_render_notes_regions_it_cannot_draw(tok, tmp_path):
+    rows = [
+        sample_row(tok, "t0", [("<ref>a box</ref><box>(1,2),(300,400)</box> and no image<|endoftext|>", True)], [],
+                   task="text"),
+        sample_row(tok, "b0", [("<img>junk.jpg</img>", False), ("<box>(10,20)</box>", True)], [JUNK]),
+    ]
+    out = tmp_path / "sheet.html"
+    render_html(str(write(tmp_path / "s.parquet", rows, SAMPLES)), str(out))
+    page = out.read_text(encoding="utf-8")
+    assert '<div class="note">1 region with no image before it: not drawn</div>' in page
+    assert '<div class="note">not drawn, coordinates unreadable: &lt;box&gt;(10,20)&lt;/box&gt;</div>' in page
+    assert '<div class="thumb none">cannot decode: not an image</div>' in page
+    assert page.count("<img") == 0 and page.count('<div class="pictures">') == 1  # the text sample has none
+
+
+def test_render_draws_a_region_on_the_last_image_before_it(tok, tmp_path):
+    segments = [("<|im_start|>user\nPicture 1: <img>a.png</img>\nPicture 2: <img>b.png</img>\nWhere is the sign?", False),
+                ("<|im_end|>\n<|im_start|>assistant\n<ref>the sign</ref><quad>(250,125),(750,125),(750,875),(250,875)</quad>"
+                 "<|im_end|>\n", True)]
+    path = write(tmp_path / "chat.parquet", [sample_row(tok, "c0", segments, [PNG_WIDE, PNG_TALL], task="chat")], SAMPLES)
+    out = tmp_path / "sheet.html"
+    render_html(str(path), str(out))
+    page = out.read_text(encoding="utf-8")
+    first, second = drawn(page)
+    assert second.getpixel((49, 200)) == pytest.approx(rgb(COLOURS[0]), abs=24)  # on Picture 2
+    assert all(first.getpixel(xy) == pytest.approx(GREY, abs=8) for xy in [(96, 49), (96, 100), (190, 150)])
+    assert "<figcaption>a.png · PNG 768x384, " in page and "<figcaption>b.png · PNG 384x768, " in page
+    assert " · 1 region drawn</figcaption>" in page and "0 regions drawn" not in page
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read with Linux's /proc/self/io")
+def test_render_packed_reads_only_the_rows_it_shows(tok, tmp_path):
+    """One row group of 40 packed rows of 1 MB of image bytes each; a sheet of 2 rows must not read it all."""
+    rng = np.random.default_rng(0)
+    sample = sample_row(tok, "s0", [(GROUNDING_PROMPT, False), (GROUNDING_TARGET, True)], [b""])
+    rows = []
+    for i in range(40):
+        sample["images"] = [rng.bytes(1_000_000)]
+        rows.append(packed_row(f"p{i}", [sample], len(sample["input_ids"]) + 4))
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=PACKED), path, row_group_size=40, write_batch_size=1,
+                   data_page_size=1_000_000)
+
+    def bytes_read() -> int:
+        return int(re.search(r"rchar: (\d+)", Path("/proc/self/io").read_text()).group(1))
+
+    render_html(str(path), os.devnull, limit=2)
+    before = bytes_read()
+    assert render_html(str(path), os.devnull, limit=2) == 2
+    assert bytes_read() - before < 8_000_000
+
+
+def test_describe_shows_ids_that_are_no_token(tmp_path):
+    row = dict(uid="x", task="text", source="s", key="k", text="", input_ids=[40, 999_999, 1079, None, 151_643],
+               loss_mask=[0, 0, 1, 1, 1], images=[], image_refs=[])
+    path = write(tmp_path / "bad.parquet", [row], SAMPLES)
+    assert block(describe(str(path)), 0)[-1] == "    I[bad id 999999]⟦ am[bad id None]<|endoftext|>⟧"
