@@ -42,6 +42,7 @@ from pipelines.stage1 import DEFAULT_RUNNER, REJECTED, write_parquet
 from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
 
 CHAT = "chat"  # the task name of stage-3 conversations
+MIXED = "mixed"  # the task of packed rows with --mix-tasks
 PACK_GROUP = 4096  # samples per packing group: efficiency and cost both grow with it
 log = logging.getLogger("stage2")
 
@@ -170,7 +171,9 @@ def pack_group(task_and_rows, seq_len: int):
     rows = list(rows)
     by_uid = {row["uid"]: row for row in rows}
     samples = [Sample(row["uid"], row["input_ids"], row["loss_mask"], row["images"]) for row in rows]
-    sequences, rejects = pack(samples, seq_len, split_text=task == TEXT)  # only pure text is cut into pieces
+    # a sample without images is cut into seq_len pieces: pure text, the one stage-2 task without images;
+    # a conversation is never cut (a long one is rejected)
+    sequences, rejects = pack(samples, seq_len, split_text=task != CHAT)
     for s in sequences:
         Metrics.counter("stage2", f"sequences_{task}").inc()
         members = "\0".join(f"{uid}@{start}" for uid, start in zip(s.uids, s.starts))
@@ -261,7 +264,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
     write_parquet(samples, "samples", FileSystems.join(output, "samples", "part"), schemas.SAMPLES)
     packed = (
         samples
-        | "ByTask" >> beam.Map(lambda row: (row["task"], row)).with_output_types(tuple[str, dict])
+        | "ByTask" >> beam.Map(lambda row, mixed: (MIXED if mixed else row["task"], row), settings["mix_tasks"]).with_output_types(tuple[str, dict])
         | "Groups" >> beam.GroupIntoBatches(group)
         | "Pack" >> beam.FlatMap(pack_group, seq_len).with_outputs(REJECTED, main="packed")
     )
@@ -347,6 +350,7 @@ def _common_options(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=SEQ_LEN, help=f"tokens per packed sequence (default {SEQ_LEN})")
     parser.add_argument("--pack-group", type=int, default=PACK_GROUP, help=f"samples per packing group (default {PACK_GROUP})")
     parser.add_argument("--tokenizer", help="a qwen.tiktoken file (default: the one the dashscope wheel ships)")
+    parser.add_argument("--mix-tasks", action="store_true", help="pack samples of all tasks together (fuller sequences; the paper packs one task per sequence)")
 
 
 def prepare(argv: list[str], chat: bool):
@@ -385,6 +389,7 @@ def prepare(argv: list[str], chat: bool):
         "sources": [s._asdict() for s in sources],
         "seq_len": args.seq_len,
         "pack_group": args.pack_group,
+        "mix_tasks": args.mix_tasks,
         "tokenizer": str(tokenizer.path),
     }
     options = PipelineOptions(beam_args)

@@ -97,3 +97,14 @@ def test_sft_conversations(runs):
     assert row["text"].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
     assert len(row["images"]) == row["text"].count("<img>") == len(row["image_refs"])
     assert json.loads((root / "sft" / "report.json").read_text())["stage"] == "sft"
+
+
+def test_mix_tasks_packs_every_sample_into_mixed_sequences(runs, tmp_path):
+    root, manifest, report, _ = runs
+    args = [a.replace("OUTPUT", str(root / "annotated")) for a in manifest["stage2_args"]]
+    mixed = stage2.run(args + ["--output", str(tmp_path / "mixed"), "--mix-tasks"])
+    packed = table(tmp_path / "mixed" / "packed")
+    samples = {row["uid"] for row in table(tmp_path / "mixed" / "samples")}
+    assert {row["task"] for row in packed} == {"mixed"}
+    assert {uid for row in packed for uid in row["sample_uids"]} == samples
+    assert mixed["tasks"]["mixed"]["packed"]["sequences"] == len(packed)
