@@ -1,0 +1,105 @@
+"""model/checkpoint.py: an exact round trip of model, optimizer and RNG states, safetensors + JSON only (no
+pickle anywhere), and the atomic write protocol (step-N.tmp -> step-N, then `latest`)."""
+
+import json
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+from model import checkpoint
+from model.config import PRESETS, STAGES
+from model.optim import make_optimizer
+from model.train import TrainModel, load_optimizer
+
+
+def trained_model(seed: int = 0):
+    """The tiny model and its AdamW after one step on a random text batch (stage 3: ViT frozen)."""
+    torch.manual_seed(seed)
+    model = TrainModel(PRESETS["tiny"], 28)
+    model.train_only(STAGES[3].trainable)
+    optimizer = make_optimizer(model, STAGES[3])
+    ids = torch.randint(100, 300, (2, 40))
+    loss = model(ids, torch.arange(40).expand(2, 40), torch.zeros_like(ids), torch.ones_like(ids), torch.empty(0, 3, 28, 28))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return model, optimizer
+
+
+def test_round_trip_is_exact(tmp_path):
+    model, optimizer = trained_model()
+    model_state, optim_state = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    trainer = {"tokens": 80, "elapsed": 1.5, "config": {"seed": 0}, "ranks": [{"data": {"rank": 0}, "rng": checkpoint.rng_state()}]}
+    path = checkpoint.write(tmp_path, 7, model_state, optim_state, trainer)
+    assert path == tmp_path / "step-7" and checkpoint.latest(tmp_path) == path
+
+    m2, o2, record = checkpoint.read(path)
+    assert m2.keys() == model_state.keys() and all(torch.equal(m2[k], model_state[k]) for k in m2)
+    assert record["step"] == 7 and record["tokens"] == 80 and record["ranks"][0]["data"] == {"rank": 0}
+
+    # into a fresh model + optimizer: every tensor of the optimizer state equal, groups' hyperparameters too
+    fresh, fresh_opt = trained_model(seed=1)
+    fresh.load_state_dict(m2, strict=True)
+    load_optimizer(fresh, fresh_opt, o2)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    by_name = dict(model.named_parameters())
+    fresh_by_name = dict(fresh.named_parameters())
+    for name, p in by_name.items():
+        if p.requires_grad:
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(optimizer.state[p][key], fresh_opt.state[fresh_by_name[name]][key]), (name, key)
+    for g, h in zip(optimizer.param_groups, fresh_opt.param_groups):
+        assert {k: v for k, v in g.items() if k != "params"} == {k: v for k, v in h.items() if k != "params"}
+
+
+def test_only_safetensors_and_json(tmp_path):
+    model, optimizer = trained_model()
+    model_state, optim_state = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    path = checkpoint.write(tmp_path, 1, model_state, optim_state, {"ranks": []})
+    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "trainer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-1"]
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        raw = (path / name).read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])  # safetensors: u64 header length, JSON header, raw tensor bytes
+        header = json.loads(raw[8 : 8 + n])
+        assert header["__metadata__"]["format"] == checkpoint.FORMAT
+        assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")  # neither a pickle nor a torch.save zip
+    json.loads((path / "trainer.json").read_text())
+    flat = checkpoint.read_tensors(path / "optimizer.safetensors")
+    assert "llm.wte.weight:exp_avg" in flat and "llm.wte.weight:step" in flat
+    assert not any(k.startswith("vision.") for k in flat)  # frozen in stage 3: no state
+
+
+def test_rng_states_round_trip():
+    state = checkpoint.rng_state()
+    json.dumps(state)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    checkpoint.set_rng_state(json.loads(json.dumps(state)))
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
+
+
+def test_atomic_protocol(tmp_path):
+    tensors = {"w": torch.arange(6.0).reshape(2, 3)}
+    optim = {"state": {"w": {"step": torch.tensor(1.0), "exp_avg": torch.zeros(2, 3)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.98), "params": ["w"]}]}
+    assert checkpoint.latest(tmp_path) is None
+    # a crash mid-write leaves step-N.tmp and no pointer: not a checkpoint, and the next write replaces it
+    (tmp_path / "step-2.tmp").mkdir()
+    (tmp_path / "step-2.tmp" / "model.safetensors").write_bytes(b"partial")
+    assert checkpoint.latest(tmp_path) is None
+    checkpoint.write(tmp_path, 2, tensors, optim, {})
+    assert not (tmp_path / "step-2.tmp").exists() and checkpoint.latest(tmp_path).name == "step-2"
+    checkpoint.write(tmp_path, 4, {"w": tensors["w"] * 2}, optim, {})
+    assert (tmp_path / "latest").read_text() == "step-4\n" and (tmp_path / "step-2").is_dir()
+    # the same step again (a resumed run re-saving): replaced whole, no leftovers
+    checkpoint.write(tmp_path, 4, {"w": tensors["w"] * 3}, optim, {})
+    model, opt, _ = checkpoint.read(checkpoint.latest(tmp_path))
+    assert torch.equal(model["w"], tensors["w"] * 3) and opt["param_groups"][0]["betas"] == (0.9, 0.98)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-2", "step-4"]
+    (tmp_path / "latest").write_text("step-9\n")
+    with pytest.raises(ValueError, match="names 'step-9', which is not a complete checkpoint"):
+        checkpoint.latest(tmp_path)
