@@ -32,7 +32,10 @@ demo: $(STAMP)
 		--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
 	$(PY) beam_runner.py sft --input demo/annotated/chat/chat.json --output demo/sft
 	$(PY) beam_runner.py inspect demo/stage2/samples --rows 2 --render demo/samples.html --limit 200
-	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images)"
+	rm -rf demo/train
+	$(PY) -m model.train --stage 2 --data demo/stage2/packed --preset tiny --output demo/train \
+		--steps 6 --micro-batch 2 --global-batch 4 --lr 1e-3 --warmup-steps 1 --unit-rows 8
+	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images); training: demo/train/metrics.jsonl"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
