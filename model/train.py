@@ -1,7 +1,7 @@
 """Train Qwen-VL, one stage at a time, on the Parquet the pipelines write (model/data.py reads it).
 
     python -m model.train --stage {1,2,3} --data GLOB --preset {tiny,small,qwen-vl} --output DIR
-        [--steps N] [--resume] [--init-vision PATH] [--init-llm PATH] [--init-qwen-vl PATH]
+        [--steps N] [--resume] [--init PATH] [--init-vision PATH] [--init-llm PATH] [--init-qwen-vl PATH]
         [--micro-batch B] [--global-batch G] [--lr LR] [--min-lr LR] [--warmup-steps N]
         [--image-size PX] [--seq-len T] [--vit-layer-decay D] [--betas B1 B2] [--eps E]
         [--weight-decay W] [--grad-clip C] [--trainable vision,adapter,llm]
@@ -109,6 +109,7 @@ RUN_DEFAULTS = {
     "init_vision": None,
     "init_llm": None,
     "init_qwen_vl": None,
+    "init": None,
 }
 # what may differ between a checkpoint's config and the run that resumes it
 RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "stop_at", "compile", "checkpointing", "fsdp", "resume", "output")
@@ -135,6 +136,7 @@ def build_parser() -> ArgumentParser:
     a("--init-vision", metavar="PATH", help="OpenCLIP checkpoint for the ViT (model/weights.py)")
     a("--init-llm", metavar="PATH", help="HF Qwen checkpoint folder for the LLM")
     a("--init-qwen-vl", metavar="PATH", help="HF Qwen-VL checkpoint folder for the whole model")
+    a("--init", metavar="PATH", help="our own checkpoint for the whole model (a run folder or step-N): the previous stage's")
     a("--micro-batch", type=int, metavar="B", help="sequences per forward per process (default 1)")
     a("--global-batch", type=int, metavar="G", help="sequences per optimizer step, all processes")
     a("--steps", type=int, help="optimizer steps (the LR schedule's length)")
@@ -186,6 +188,7 @@ class RunConfig:
     init_vision: str | None
     init_llm: str | None
     init_qwen_vl: str | None
+    init: str | None
     config_file: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -310,9 +313,10 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
             f"global batch {stage.global_batch} is not a multiple of micro-batch {run['micro_batch']} x "
             f"{world_size} process(es) = {per_step}"
         )
-    inits = [k for k in ("init_vision", "init_llm", "init_qwen_vl") if run[k]]
-    if run["init_qwen_vl"] and len(inits) > 1:
-        raise UsageError("--init-qwen-vl loads the whole model: not with --init-vision or --init-llm")
+    inits = [k for k in ("init_vision", "init_llm", "init_qwen_vl", "init") if run[k]]
+    whole = [k for k in ("init_qwen_vl", "init") if run[k]]
+    if whole and len(inits) > 1:
+        raise UsageError(f"--{whole[0].replace('_', '-')} loads the whole model: not with another --init-* option")
     for k in inits:
         if not os.path.exists(run[k]):
             raise UsageError(f"--{k.replace('_', '-')} {run[k]}: no such file or folder")
@@ -369,7 +373,7 @@ def check_resume(saved: dict, cfg: RunConfig, where: Path) -> list[str]:
                 a, b = saved["stage"].get(k), now["stage"].get(k)
                 if a != b:
                     (notes if k in RESUME_MAY_CHANGE else wrong).append(f"stage.{k} {a!r} -> {b!r}")
-        elif key in RESUME_MAY_CHANGE or key in ("config_file", "data", "init_vision", "init_llm", "init_qwen_vl"):
+        elif key in RESUME_MAY_CHANGE or key in ("config_file", "data", "init_vision", "init_llm", "init_qwen_vl", "init"):
             if key not in ("resume",):
                 notes.append(f"{key} {saved.get(key)!r} -> {now.get(key)!r}")
         else:
@@ -409,15 +413,15 @@ def init_model(cfg: RunConfig) -> TrainModel:
 
 
 def load_init_weights(model: TrainModel, cfg: RunConfig) -> list[str]:
-    """--init-vision / --init-llm / --init-qwen-vl through model/weights.py; the load reports."""
-    wanted = [(k, getattr(cfg, k)) for k in ("init_qwen_vl", "init_vision", "init_llm") if getattr(cfg, k)]
+    """--init / --init-vision / --init-llm / --init-qwen-vl through model/weights.py; the load reports."""
+    wanted = [(k, getattr(cfg, k)) for k in ("init", "init_qwen_vl", "init_vision", "init_llm") if getattr(cfg, k)]
     if not wanted:
         return []
     try:
         from model import weights
     except ImportError as e:  # model/weights.py is written separately
         raise UsageError(f"--{wanted[0][0].replace('_', '-')} needs model/weights.py, which cannot be imported ({e})") from None
-    loaders = {"init_qwen_vl": "load_qwen_vl", "init_vision": "load_openclip_vision", "init_llm": "load_hf_qwen_llm"}
+    loaders = {"init": "load_own", "init_qwen_vl": "load_qwen_vl", "init_vision": "load_openclip_vision", "init_llm": "load_hf_qwen_llm"}
     reports = []
     for key, path in wanted:
         loader = getattr(weights, loaders[key], None)
@@ -712,7 +716,7 @@ def train(cfg: RunConfig) -> dict:
         model.load_state_dict(model_state, strict=True)
         start_step = record["step"]
         progress = {"tokens": record["tokens"], "elapsed": record["elapsed"]}
-        if any(getattr(cfg, k) for k in ("init_vision", "init_llm", "init_qwen_vl")):
+        if any(getattr(cfg, k) for k in ("init_vision", "init_llm", "init_qwen_vl", "init")):
             cfg.notes.append(f"--init-* ignored: the weights come from {resume_from}")
     model.to(d.device)
     wrapped = wrap(model, cfg, d)

@@ -237,3 +237,17 @@ def load_qwen_vl(model: nn.Module, path: str | Path) -> LoadReport:
         return {f"llm.{d}": v for d, v in convert_hf_qwen_state_dict({k: t}).items()} or _why_not_llm(k)
 
     return _load(model, hf_shards(path), convert, str(path))
+
+
+def load_own(model: nn.Module, path: str | Path) -> LoadReport:
+    """Our own checkpoint (model/checkpoint.py) into the whole model, to start a stage from the last one:
+    a step-N folder, or a run folder (its latest step). Names are ours, so every key must match."""
+    from model.checkpoint import MODEL, latest
+
+    folder = Path(path)
+    if not (folder / MODEL).is_file():
+        found = latest(folder)
+        if found is None:
+            raise FileNotFoundError(f"{path}: neither a checkpoint folder ({MODEL}) nor a run folder with a latest checkpoint")
+        folder = found
+    return _load(model, [_safetensors_shard(folder / MODEL)], lambda k, t: {k: t}, str(folder))

@@ -306,6 +306,20 @@ def test_init_weights_through_model_weights(packed, tmp_path, capsys):
     assert all(torch.equal(after[f"vision.{k}"], v) for k, v in donor.vision.state_dict().items())
 
 
+def test_a_stage_starts_from_the_previous_stages_checkpoint(packed, tmp_path, capsys):
+    """--init takes our own run folder (its latest step): stage 3 starts from stage 2's weights, and its
+    frozen ViT stays exactly stage 2's."""
+    first, second = tmp_path / "s2", tmp_path / "s3"
+    common = ["--data", packed, "--steps", "1", "--global-batch", "2", "--micro-batch", "2", *COMMON]
+    assert train.main(["--stage", "2", "--output", str(first), *common]) == 0
+    assert train.main(["--stage", "3", "--output", str(second), "--init", str(first), *common]) == 0
+    assert f"note: {first / 'step-1'}: " in capsys.readouterr().out
+    before, after = weights(first, 1), weights(second, 1)
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("vision."))
+    assert not all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("llm."))
+    assert train.main(["--stage", "3", "--output", str(tmp_path / "x"), "--init", str(tmp_path / "none"), *common]) == 2
+
+
 # --- configuration and usage ---------------------------------------------------------------------------
 
 
