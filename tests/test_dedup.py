@@ -1,7 +1,18 @@
 import numpy as np
 import pytest
 
-from filters.dedup import bucket_keys, bucket_pairs, component_roots, duplicate_groups, near_pairs, preference
+from filters.dedup import (
+    band_keys,
+    bucket_keys,
+    bucket_pairs,
+    component_roots,
+    duplicate_groups,
+    key_permutations,
+    near_pairs,
+    permute,
+    preference,
+    unpermute,
+)
 
 
 def brute_force(hashes: np.ndarray, k: int) -> set[tuple[int, int]]:
@@ -33,6 +44,77 @@ def test_near_pairs_equal_brute_force(k, levels):
     expected = brute_force(hashes, k)
     assert found == expected
     assert len(expected) >= 100  # the planted pairs within k are there to be found
+
+
+def masks_as_first_defined(k: int, levels: int) -> list[int]:
+    """The bucket masks as the first version spelled them out: k+1 contiguous bands, and for levels=2 each
+    band with each of k+1 contiguous runs of the remaining bits."""
+
+    def bands(bits, parts):
+        edges = np.linspace(0, len(bits), parts + 1).round().astype(int)
+        return [sum(1 << b for b in bits[lo:hi]) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+    masks = []
+    for band in bands(list(range(64)), k + 1):
+        rest = [b for b in range(64) if not band >> b & 1]
+        masks += [band] if levels == 1 else [band | sub for sub in bands(rest, k + 1)]
+    return masks
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("k", [1, 2, 4, 6, 9])
+def test_permutations_put_each_key_on_top_and_keep_distances(k, levels):
+    rng = np.random.default_rng(k)
+    x = rng.integers(0, 2**63, 2000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    y = x ^ (np.uint64(1) << rng.integers(0, 64, len(x)).astype(np.uint64)) ^ (np.uint64(1) << np.uint64(63))
+    singles = np.uint64(1) << np.arange(64, dtype=np.uint64)
+    keys = key_permutations(k, levels)
+    assert band_keys(k, levels) == masks_as_first_defined(k, levels)
+    for key, mask in zip(keys, band_keys(k, levels)):
+        assert np.array_equal(unpermute(permute(x, key), key), x)
+        assert np.array_equal(np.bitwise_count(permute(x, key) ^ permute(y, key)), np.bitwise_count(x ^ y))
+        moved = permute(singles, key)  # a permutation of the bits: each bit to its own bit
+        assert np.all(np.bitwise_count(moved) == 1) and np.bitwise_or.reduce(moved) == np.uint64(2**64 - 1)
+        top = (1 << 64) - (1 << (64 - key.width))
+        assert int(permute(np.array([mask], dtype=np.uint64), key)[0]) == top  # the key's bits on top
+    assert len(keys) == (k + 1) ** levels
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_repeated_hashes_and_hashes_equal_but_for_low_bits(levels):
+    # exact copies pair up with each other; hashes equal in their high bits tie in the position sort
+    rng = np.random.default_rng(3)
+    base = planted(5, 200, 3)
+    low = base[:40] ^ rng.integers(1, 256, 40).astype(np.uint64)
+    hashes = np.concatenate([base, base[:30], base[:5], low])
+    hashes = hashes[rng.permutation(len(hashes))]
+    assert {tuple(p) for p in near_pairs(hashes, 3, levels=levels)} == brute_force(hashes, 3)
+
+
+def test_duplicate_groups_are_the_components_of_all_pairs_numbered_by_smallest_hash():
+    rng = np.random.default_rng(4)
+    hashes = planted(6, 400, 4)
+    chain = [flip(0x00FF_00FF_00FF_00FF, range(i)) for i in range(0, 40, 3)]  # each within 3 of the next
+    hashes = np.concatenate([hashes, hashes[:20], np.array(chain, dtype=np.uint64)])
+    hashes = hashes[rng.permutation(len(hashes))]
+    parent = list(range(len(hashes)))
+
+    def root(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in brute_force(hashes, 4):
+        parent[root(i)] = root(j)
+    groups = duplicate_groups(hashes, 4)
+    expected = {}
+    for i in range(len(hashes)):
+        expected.setdefault(root(i), []).append(i)
+    assert sorted(sorted(m) for m in expected.values()) == sorted(
+        sorted(np.flatnonzero(groups == g).tolist()) for g in np.unique(groups)
+    )
+    smallest = [min(hashes[groups == g]) for g in range(len(expected))]  # labels 0, 1, ... by smallest hash
+    assert smallest == sorted(smallest)
 
 
 def test_large_bucket_is_compared_on_its_own():
