@@ -437,15 +437,20 @@ class CaptionStream(ParquetStream):
         loss_mask = torch.tensor(mask + [0] * pad, dtype=torch.long)
         doc_ids = torch.cat([torch.zeros(n, dtype=torch.long), torch.full((pad,), -1, dtype=torch.long)])
         position_ids = torch.cat([torch.arange(n), torch.arange(pad)])
-        return {
-            "input_ids": input_ids,
-            "labels": next_token_labels(input_ids, loss_mask, doc_ids),
-            "loss_mask": loss_mask,
-            "doc_ids": doc_ids,
-            "position_ids": position_ids,
-            "images": image.unsqueeze(0),
-            "uid": value("uid") or "",
-        }
+        return _item(input_ids, loss_mask, doc_ids, position_ids, image.unsqueeze(0), value("uid"))
+
+
+def _item(input_ids, loss_mask, doc_ids, position_ids, images, uid) -> dict:
+    """One training item: the token tensors, their next-token labels, the images, the uid."""
+    return {
+        "input_ids": input_ids,
+        "labels": next_token_labels(input_ids, loss_mask, doc_ids),
+        "loss_mask": loss_mask,
+        "doc_ids": doc_ids,
+        "position_ids": position_ids,
+        "images": images,
+        "uid": uid or "",
+    }
 
 
 class PackedStream(ParquetStream):
@@ -482,15 +487,8 @@ class PackedStream(ParquetStream):
                 return BAD_IMAGE
             images.append(image)
         size = self.image_size
-        return {
-            "input_ids": input_ids,
-            "labels": next_token_labels(input_ids, loss_mask, doc_ids),
-            "loss_mask": loss_mask,
-            "doc_ids": doc_ids,
-            "position_ids": position_ids,
-            "images": torch.stack(images) if images else torch.empty(0, 3, size, size),
-            "uid": table.column("uid")[row].as_py() or "",
-        }
+        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        return _item(input_ids, loss_mask, doc_ids, position_ids, stacked, table.column("uid")[row].as_py())
 
 
 def stage_stream(stage: StageConfig | int, files: list[str], **kwargs) -> ParquetStream:

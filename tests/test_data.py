@@ -88,11 +88,12 @@ def uids(items):
     return [item["uid"] for item in items]
 
 
-def same_items(a, b):
-    assert uids(a) == uids(b)
-    for x, y in zip(a, b):
-        for key in ("input_ids", "labels", "loss_mask", "doc_ids", "position_ids", "images", "position", "skipped"):
-            assert torch.equal(x[key], y[key]), key
+def differences(a, b) -> list:
+    """What differs between two lists of items: [] when they are the same items, tensor for tensor."""
+    if uids(a) != uids(b):
+        return [("uids", uids(a), uids(b))]
+    keys = ("input_ids", "labels", "loss_mask", "doc_ids", "position_ids", "images", "position", "skipped")
+    return [(i, key) for i, (x, y) in enumerate(zip(a, b)) for key in keys if not torch.equal(x[key], y[key])]
 
 
 # --- stage 1 --------------------------------------------------------------------------------------
@@ -286,11 +287,11 @@ def test_resume_in_process(tmp_path, k):
     first = PackedStream(files, SMALL, seed=5)
     it = iter(first)
     taken = [next(it) for _ in range(k)]
-    same_items(taken, full[:k])
+    assert differences(taken, full[:k]) == []
     state = json.loads(json.dumps(first.state_dict()))  # plain data
     resumed = PackedStream(files, SMALL, seed=5)
     resumed.load_state_dict(state)
-    same_items(list(itertools.islice(resumed, 70 - k)), full[k:])
+    assert differences(list(itertools.islice(resumed, 70 - k)), full[k:]) == []
 
 
 @pytest.mark.parametrize("k", [4, 5])  # the next batch from worker 0, or from worker 1
