@@ -10,8 +10,8 @@
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
-from formats.files import open_file
 
+from formats.files import list_files, open_file
 from formats.example import CAPTION, Example, Invalid
 from formats.sources.common import (
     MALFORMED,
@@ -23,7 +23,6 @@ from formats.sources.common import (
     ident,
     image_table,
     keyed,
-    list_files,
     lookup,
     name,
     read_json,

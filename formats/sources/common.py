@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 from collections.abc import Callable, Iterable, Iterator
 
 
+from formats.files import open_file
 from formats.example import Example, Invalid
-from formats.files import exists, join, list_files, open_file  # noqa: F401 (the converters' file access)
 
 MALFORMED = "malformed_record"  # a record lacks a field the converter needs, or holds the wrong type
 UNREADABLE = "file_unreadable"  # a whole file is missing, not JSON (or Parquet), or of another shape

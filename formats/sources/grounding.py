@@ -48,9 +48,9 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow.parquet as pq
 
+from formats.files import exists, open_file, tar_samples
 from formats.example import GROUNDED_CAPTION, GROUNDING, REFERRING, Example, Invalid, Region, Span
-from formats.files import open_file, tar_samples
-from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, exists, get, ident, name, size
+from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, get, ident, name, size
 from formats.sources.text import jsonl_records
 
 SOURCE = "grit"

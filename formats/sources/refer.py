@@ -36,8 +36,8 @@ import posixpath
 import re
 from collections.abc import Iterator
 
-from formats.files import open_file
 
+from formats.files import join, open_file
 from formats.example import GROUNDED_CAPTION, REFERRING, Example, Invalid, Region
 from formats.sources.common import (
     MALFORMED,
@@ -48,7 +48,6 @@ from formats.sources.common import (
     get,
     ident,
     image_table,
-    join,
     keyed,
     lookup,
     name,

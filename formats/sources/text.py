@@ -16,8 +16,8 @@ JSONL line that is not UTF-8, not a JSON object or lacks its text (`malformed_re
 import json
 from collections.abc import Iterator
 
-from formats.files import open_file
 
+from formats.files import open_file
 from formats.example import TEXT, Example, Invalid
 from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, get, ident, name, text
 

@@ -24,6 +24,7 @@ import posixpath
 from collections import Counter
 from collections.abc import Iterator
 
+from formats.files import exists, join, list_files
 from formats.example import VQA, Example, Invalid
 from formats.sources.common import (
     MALFORMED,
@@ -31,13 +32,10 @@ from formats.sources.common import (
     Malformed,
     as_text,
     convert,
-    exists,
     get,
     ident,
     image_table,
-    join,
     keyed,
-    list_files,
     lookup,
     name,
     read_json,
