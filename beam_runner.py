@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from pipelines.usage import ArgumentParser, UsageError
+from cli.usage import ArgumentParser, UsageError
 
 log = logging.getLogger("beam_runner")
 

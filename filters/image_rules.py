@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import imagehash
 from PIL import Image, UnidentifiedImageError
 
-from filters import reasons
+from formats import reasons
 from filters.config import SourceConfig
-from filters.rule import Reject
+from formats.pair import Reject
 
 # Our own max_image_pixels decides what a bomb is; PIL's warning below its hard limit would only be noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

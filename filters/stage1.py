@@ -9,12 +9,13 @@ across the run: dedup and CLIP), or a rejected row with the first rule it failed
 
 from typing import NamedTuple
 
-from filters import reasons
+from formats import reasons
 from filters.config import SourceConfig
 from filters.image_rules import ImageHeader, check_header, decode_phash
 from filters.langid import LanguageId, check_language
-from filters.pair import RawPair, pair_uid
-from filters.rule import Reject
+from formats.ids import pair_uid
+from formats.pair import RawPair
+from formats.pair import Reject
 from filters.text_rules import check_charset, check_emoji, check_length, check_special_tags, check_utf8, clean_caption
 
 

@@ -21,9 +21,9 @@ import unicodedata
 
 import emoji
 
-from filters import reasons
+from formats import reasons
 from filters.config import SourceConfig
-from filters.rule import Reject
+from formats.pair import Reject
 
 # --- cleaning ---------------------------------------------------------------------------------------
 

@@ -26,13 +26,8 @@ import numbers
 from fractions import Fraction
 
 from formats.example import Example, Invalid, Region
+from formats.reasons import BOX_DEGENERATE, BOX_INVERTED, BOX_MALFORMED, BOX_NOT_FINITE, BOX_OUTSIDE_IMAGE, IMAGE_SIZE_INVALID
 
-BOX_MALFORMED = "box_malformed"
-BOX_NOT_FINITE = "box_not_finite"
-BOX_INVERTED = "box_inverted"
-BOX_DEGENERATE = "box_degenerate"
-BOX_OUTSIDE_IMAGE = "box_outside_image"
-IMAGE_SIZE_INVALID = "image_size_invalid"  # normalize_example: no usable width and height
 
 GRID = 1000  # coordinates are integers in [0, GRID)
 

@@ -46,20 +46,12 @@ import re
 from dataclasses import dataclass
 
 from formats.example import Invalid
+from formats.reasons import CHAT_BAD_IMAGE_TAG, CHAT_EMPTY_VALUE, CHAT_IMAGE_NOT_IN_USER, CHAT_NO_CONVERSATIONS, CHAT_SPECIAL_TOKEN, CHAT_TURN_MALFORMED, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, CHAT_VALUE_NOT_STRING
 from formats.templates import Segment
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 
-CHAT_NO_CONVERSATIONS = "chat_no_conversations"
-CHAT_TURN_MALFORMED = "chat_turn_malformed"
-CHAT_UNKNOWN_ROLE = "chat_unknown_role"
-CHAT_VALUE_NOT_STRING = "chat_value_not_string"
-CHAT_EMPTY_VALUE = "chat_empty_value"
-CHAT_TURN_ORDER = "chat_turn_order"
-CHAT_SPECIAL_TOKEN = "chat_special_token"
-CHAT_BAD_IMAGE_TAG = "chat_bad_image_tag"
-CHAT_IMAGE_NOT_IN_USER = "chat_image_not_in_user"
 
 _CONTROL_TOKENS = re.compile(r"<\|(?:endoftext|im_start|im_end|extra_\d+)\|>|<imgpad>")
 _IMAGE = re.compile(r"(?:Picture \d+: ?)?<img>([^<>\n]+)</img>\n?")

@@ -33,11 +33,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from formats.reasons import EMPTY, TOO_LONG
 from formats.tokenizer import IMG_ID, PAD_ID
 
 SEQ_LEN = 2048
-TOO_LONG = "too_long"
-EMPTY = "empty"
 
 
 @dataclass

@@ -36,6 +36,7 @@ import re
 
 from formats.boxes import format_region
 from formats.example import CAPTION, GROUNDED_CAPTION, GROUNDING, OCR, REFERRING, TASKS, TEXT, VQA, Example, Invalid
+from formats.reasons import FIELD_EMPTY, LANG_UNKNOWN, REGION_NOT_NORMALIZED, SPAN_INVALID, TASK_UNKNOWN, TEXT_SPECIAL_TOKEN
 
 EOS = "<|endoftext|>"
 
@@ -65,13 +66,6 @@ TEMPLATES = {
     },
 }
 
-# Why an example cannot be rendered.
-TASK_UNKNOWN = "task_unknown"
-LANG_UNKNOWN = "lang_unknown"
-FIELD_EMPTY = "field_empty"  # a field the task needs is empty (detail: which)
-SPAN_INVALID = "span_invalid"  # a grounding span out of the text, empty, overlapping another, or with no region
-REGION_NOT_NORMALIZED = "region_not_normalized"  # pixel coordinates where the 1000 grid is needed
-TEXT_SPECIAL_TOKEN = "text_special_token"  # text holding markup the tokenizer would read as a tag
 
 # Qwen-VL's special tokens and tags, in the form text would spell them.
 SPECIAL_TOKENS = re.compile(r"<\|(?:endoftext|im_start|im_end|extra_\d+)\|>|</?(?:img|ref|box|quad)>|<imgpad>")

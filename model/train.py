@@ -85,6 +85,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from cli.usage import ArgumentParser, UsageError
 from model import checkpoint
 from model.config import ADAPTER, LLM, PRESETS, STAGES, VISION, ModelConfig, StageConfig
 from model.llm import supervised_targets
@@ -113,15 +114,6 @@ RUN_DEFAULTS = {
 }
 # what may differ between a checkpoint's config and the run that resumes it
 RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "stop_at", "compile", "checkpointing", "fsdp", "resume", "output")
-
-
-class UsageError(ValueError):
-    """A command line that cannot run: printed as one line, exit status 2."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message}")
 
 
 def build_parser() -> ArgumentParser:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.usage import UsageError
+from cli.usage import UsageError
 
 WEBDATASET, IMG2DATASET_PARQUET, MANIFEST = "webdataset", "img2dataset-parquet", "manifest"
 IMAGE_COLUMNS = ("jpg", "png", "webp")  # img2dataset names the image column after its encode format

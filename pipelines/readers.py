@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from filters import reasons
-from filters.pair import RawPair
-from filters.rule import Reject
+from formats import reasons
+from formats.pair import RawPair
+from formats.pair import Reject
 from formats.files import tar_samples
 from pipelines.inputs import IMAGE_COLUMNS
 

@@ -9,7 +9,7 @@ import json
 
 from apache_beam.io.filesystems import FileSystems
 
-from filters.reasons import STAGE1_REASONS
+from formats.reasons import STAGE1_REASONS
 
 KEPT = "kept"
 

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance
 
-from filters import reasons
+from formats import reasons
 
 OOM_SHARD_COUNT = 5  # img2dataset's default: shard names 00000, 00001...
 ROW_GROUP_SIZE = 100  # img2dataset's BufferedParquetWriter flushes every 100 rows

@@ -56,14 +56,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from formats.boxes import BOX_OUTSIDE_IMAGE, normalize_box
-from formats.chatml import CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE
-from formats.sources.common import MALFORMED
-from formats.sources.grounding import DOWNLOAD_FAILED, NO_REGIONS
-from formats.templates import TEXT_SPECIAL_TOKEN
+from formats.boxes import normalize_box
+from formats.reasons import BOX_OUTSIDE_IMAGE, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, IMAGE_MISSING, MALFORMED, NO_REGIONS, TEXT_SPECIAL_TOKEN
 from pipelines.sample_corpus import METADATA_SCHEMA
 
-IMAGE_MISSING = "image_missing"  # pipelines/stage2.py's name for an image file that is not there
 CONVERTER, STAGE2 = "converter", "stage2"  # where a planted record is caught
 MANIFEST = "stage2_sample.json"
 

@@ -18,27 +18,26 @@ import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from tqdm import tqdm
 
-from filters import reasons
+from formats import reasons
+from cli.usage import ArgumentParser, UsageError
 from filters.config import ConfigError, SourceConfig, load_config
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
-from filters.pair import RawPair
-from filters.rule import Reject
+from formats.pair import RawPair
+from formats.pair import Reject
 from filters.stage1 import curate, reject_candidate
 from formats import schemas
 from pipelines import report as report_lib
 from pipelines.dedup import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
-from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
+from pipelines.runner import pipeline_options
+from pipelines.sink import REJECTED, clear_outputs, write_parquet
 
-REJECTED = "rejected"  # the tag of a DoFn's rejects
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes, removed at the end of a run
 READERS = {WEBDATASET: read_webdataset, IMG2DATASET_PARQUET: read_img2dataset_parquet, MANIFEST: read_manifest}
-DEFAULT_RUNNER = "FnApiRunner"  # Beam's in-process runner: no Prism download, no service, no network
 log = logging.getLogger("stage1")
 
 
@@ -175,12 +174,6 @@ class CountOutcomes(beam.PTransform):
         )
 
 
-def write_parquet(rows, name: str, path: str, schema):
-    """Beam's Parquet sink; returns the PCollection of the files written, once they are final."""
-    codecs = {column: "none" if column == "image" else "zstd" for column in schema.names}  # images do not shrink
-    return rows | f"Write[{name}]" >> beam.io.WriteToParquet(path, schema, codec=codecs, file_name_suffix=".parquet")
-
-
 def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings: dict):
     """Add the stage-1 graph to pipeline `p`. Three passes, so that no row with an image ever waits in
     memory for a decision across the run:
@@ -243,13 +236,6 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     )
 
 
-def _clear(output: str, patterns: list[str], what: str) -> None:
-    old = [m.path for result in FileSystems.match([FileSystems.join(output, p) for p in patterns]) for m in result.metadata_list]
-    if old:
-        log.info("removing %d %s in %s", len(old), what, output)
-        FileSystems.delete(old)
-
-
 def parse_args(argv: list[str]):
     parser = ArgumentParser(prog="beam_runner.py stage1", description="Stage-1 curation of raw image-text pairs.")
     parser.add_argument("--input", action="append", required=True, metavar="SOURCE=PATH", help="a source's files: a folder, a file or a glob (repeatable)")
@@ -302,9 +288,6 @@ def prepare(argv: list[str]):
     """Everything checked before the pipeline starts: inputs exist, config is valid, models load,
     options parse. Returns (args, inputs, configs, settings, Beam options)."""
     args, beam_args = parse_args(argv)
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]} (neither stage1's nor a Beam pipeline option)")
     inputs = [resolve_input(spec) for spec in args.input]
     sources = [inp.source for inp in inputs]
     if len(set(sources)) != len(sources):
@@ -319,22 +302,19 @@ def prepare(argv: list[str]):
         "keep_rejected_images": not args.drop_rejected_images,
         **_model_settings(args),
     }
-    options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    return args, inputs, configs, settings, options
+    return args, inputs, configs, settings, pipeline_options(beam_args, "stage1")
 
 
 def run(argv: list[str]) -> dict:
     """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png
     and printed). A rerun into the same --output first removes what an earlier run left there."""
     args, inputs, configs, settings, options = prepare(argv)
-    _clear(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png"], "files of an earlier run")
+    clear_outputs(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png"], "files of an earlier run")
     for inp in inputs:
         log.info("%s: %d %s files", inp.source, len(inp.files), inp.layout)
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, inputs, configs, args.output, settings)
-    _clear(args.output, [f"{WORK}/*"], "work files")
+    clear_outputs(args.output, [f"{WORK}/*"], "work files")
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     print(report_lib.format_report(report))

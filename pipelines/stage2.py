@@ -16,7 +16,6 @@ Packing shuffles the samples (images included) to their groups: on the in-proces
 held in memory, so large stage-2 runs belong on a distributed runner (Dataflow, Spark, Flink).
 """
 
-import hashlib
 import io
 import json
 import logging
@@ -26,30 +25,27 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from PIL import Image
 
-from filters.pair import pair_uid
+from formats.ids import sample_uid, sequence_uid
+from cli.usage import ArgumentParser, UsageError
 from formats import schemas
 from formats.boxes import normalize_example
 from formats.chatml import render as render_chat
 from formats.example import TEXT, Example, Invalid
 from formats.packing import SEQ_LEN, Sample, pack
+from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_MISSING, IMAGE_UNREADABLE
 from formats.sources import CONVERTERS, PER_FILE, convert
 from formats.templates import check, render
 from formats.tokenizer import ImageTagError, QwenTokenizer, VocabularyError
-from pipelines.stage1 import DEFAULT_RUNNER, REJECTED, write_parquet
-from pipelines.usage import ArgumentParser, UsageError, unknown_beam_args
+from pipelines.runner import pipeline_options
+from pipelines.sink import REJECTED, clear_outputs, write_parquet
 
 CHAT = "chat"  # the task name of stage-3 conversations
 MIXED = "mixed"  # the task of packed rows with --mix-tasks
 PACK_GROUP = 4096  # samples per packing group: efficiency and cost both grow with it
 log = logging.getLogger("stage2")
 
-# Rejects of this module (the converters, boxes, templates, chat and packer name their own).
-IMAGE_MISSING = "image_missing"
-IMAGE_UNREADABLE = "image_unreadable"
-BAD_IMAGE_TAG = "bad_image_tag"
 
 
 class Source(NamedTuple):
@@ -61,11 +57,6 @@ class Source(NamedTuple):
     path: str
     images: str
     files: tuple[str, ...]
-
-
-def sample_uid(task: str, source: str, key: str) -> str:
-    """Stable across reruns, and distinct per task: one region feeds referring and grounded captioning."""
-    return pair_uid(f"{task}/{source}", key)
 
 
 def reject_row(task: str, item: Invalid) -> dict:
@@ -176,9 +167,8 @@ def pack_group(task_and_rows, seq_len: int):
     sequences, rejects = pack(samples, seq_len, split_text=task != CHAT)
     for s in sequences:
         Metrics.counter("stage2", f"sequences_{task}").inc()
-        members = "\0".join(f"{uid}@{start}" for uid, start in zip(s.uids, s.starts))
         yield {
-            "uid": hashlib.blake2b(members.encode(), digest_size=8).hexdigest(),
+            "uid": sequence_uid(s.uids, s.starts),
             "task": task,
             "input_ids": s.ids.tolist(),
             "loss_mask": s.mask.tolist(),
@@ -303,9 +293,9 @@ def read_chat(path: str, source: Source):
         with FileSystems.open(path, compression_type="uncompressed") as f:
             records = json.loads(f.read())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [(0, Invalid(source.format, path, "file_unreadable", f"{type(e).__name__}: {e}"))]
+        return [(0, Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
     if not isinstance(records, list):
-        return [(0, Invalid(source.format, path, "file_unreadable", "not a JSON list of records"))]
+        return [(0, Invalid(source.format, path, FILE_UNREADABLE, "not a JSON list of records"))]
     return list(enumerate(records))
 
 
@@ -365,9 +355,6 @@ def prepare(argv: list[str], chat: bool):
         parser.add_argument("--images", action="append", default=[], metavar="FORMAT=FOLDER", help="where a format's images are (default: its PATH's folder)")
     _common_options(parser)
     args, beam_args = parser.parse_known_args(argv)
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]} (neither {prog.split()[-1]}'s nor a Beam pipeline option)")
     if args.seq_len < 16:
         raise UsageError(f"--seq-len must be >= 16, not {args.seq_len}")
     if args.pack_group < 1:
@@ -392,19 +379,13 @@ def prepare(argv: list[str], chat: bool):
         "mix_tasks": args.mix_tasks,
         "tokenizer": str(tokenizer.path),
     }
-    options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    return sources, args.output, settings, options
+    return sources, args.output, settings, pipeline_options(beam_args, prog.split()[-1])
 
 
 def run(argv: list[str], chat: bool = False) -> dict:
     """Run stage 2 (or sft) and return its report (also written to OUTPUT/report.json and printed)."""
     sources, output, settings, options = prepare(argv, chat)
-    old = [m.path for r in FileSystems.match([FileSystems.join(output, d, "*.parquet") for d in ("samples", "packed", "rejected")]) for m in r.metadata_list]
-    if old:
-        log.info("removing %d files of an earlier run in %s", len(old), output)
-        FileSystems.delete(old)
+    clear_outputs(output, ["samples/*.parquet", "packed/*.parquet", "rejected/*.parquet"], "files of an earlier run")
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, sources, output, settings, chat)
     with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:

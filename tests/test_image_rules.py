@@ -4,10 +4,10 @@ import io
 import imagehash
 from PIL import Image
 
-from filters import reasons
+from formats import reasons
 from filters.config import load_config
 from filters.image_rules import ImageHeader, check_header, decode_phash
-from filters.rule import Reject
+from formats.pair import Reject
 
 CFG = load_config(["laion-en"])["laion-en"]
 

@@ -4,9 +4,9 @@ import pickle
 
 import pytest
 
-from filters import reasons
+from formats import reasons
 from filters.langid import LangIdError, LanguageId, _line, check_language
-from filters.rule import Reject
+from formats.pair import Reject
 
 ENGLISH = [
     "a golden retriever playing with a ball in the park",

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from filters import reasons
+from formats import reasons
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
 
 

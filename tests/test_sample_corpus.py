@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters import reasons
+from formats import reasons
 from filters.config import load_config
 from filters.langid import LanguageId
-from filters.pair import RawPair
-from filters.rule import Reject
+from formats.pair import RawPair
+from formats.pair import Reject
 from filters.stage1 import curate
 from filters.text_rules import caption_length
 from pipelines import sample_corpus as sc

@@ -16,10 +16,11 @@ from formats.boxes import normalize_box, normalize_example
 from formats.chatml import Chat, render
 from formats.example import Example, Invalid
 from formats.files import list_files
+from formats.reasons import IMAGE_MISSING
 from formats.sources import PER_FILE, convert
 from formats.templates import check
 from formats.tokenizer import QwenTokenizer
-from pipelines.sample_stage2 import BACKGROUNDS, COLOURS, CONVERTER, IMAGE_MISSING, MANIFEST, STAGE2, make_stage2_sample
+from pipelines.sample_stage2 import BACKGROUNDS, COLOURS, CONVERTER, MANIFEST, STAGE2, make_stage2_sample
 
 SETS = ["vqa:vqav2", "caption:coco", "referring:refcoco", "grounded_caption:refcoco", "grounding:grit", "referring:vg",
         "grounded_caption:vg", "ocr:jsonl", "text:text"]

@@ -6,8 +6,8 @@ import tarfile
 import pyarrow.parquet as pq
 from PIL import Image
 
-from filters import reasons
-from filters.pair import pair_uid
+from formats import reasons
+from formats.ids import pair_uid
 from pipelines import stage1
 
 

@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from filters import reasons
+from formats import reasons
 from filters.config import load_config
-from filters.rule import Reject
+from formats.pair import Reject
 from filters.text_rules import (
     caption_length,
     check_charset,

@@ -13,26 +13,11 @@ import pyarrow.parquet as pq
 
 from formats.files import list_files, open_file
 from formats.example import CAPTION, Example, Invalid
-from formats.sources.common import (
-    MALFORMED,
-    UNREADABLE,
-    Malformed,
-    convert,
-    error_text,
-    get,
-    ident,
-    image_table,
-    keyed,
-    lookup,
-    name,
-    read_json,
-    size,
-    text,
-)
+from formats.reasons import FILE_UNREADABLE, MALFORMED, UNSUPPORTED_LANGUAGE
+from formats.sources.common import Malformed, convert, error_text, get, ident, image_table, keyed, lookup, name, read_json, size, text
 
 COCO = "coco"
 CURATED = "curated"  # the source of an Invalid that no row's source names (an unreadable file)
-UNSUPPORTED_LANGUAGE = "unsupported_language"
 LANGUAGES = ("en", "zh")
 CURATED_COLUMNS = ("source", "key", "caption", "image", "width", "height", "lang")
 BATCH_ROWS = 256
@@ -49,7 +34,7 @@ def read_coco_captions(path: str) -> Iterator[Example | Invalid]:
     try:
         images, annotations = get(data, "images", list), get(data, "annotations", list)
     except Malformed as e:
-        yield Invalid(COCO, path, UNREADABLE, str(e))
+        yield Invalid(COCO, path, FILE_UNREADABLE, str(e))
         return
     by_id = image_table(images, ("id",), lambda r: (text(r, "file_name"), size(r, "width"), size(r, "height")))
 
@@ -87,7 +72,7 @@ def _curated_file(path: str) -> Iterator[Example | Invalid]:
                     yield _curated_example(row, f"{name(path)}:{rows}")
                     rows += 1
     except Exception as e:  # pyarrow raises several types for a file that is not (or no longer) Parquet
-        yield Invalid(CURATED, path, UNREADABLE, f"read {rows} rows, then {error_text(e)}")
+        yield Invalid(CURATED, path, FILE_UNREADABLE, f"read {rows} rows, then {error_text(e)}")
 
 
 def read_curated(path: str) -> Iterator[Example | Invalid]:
@@ -97,6 +82,6 @@ def read_curated(path: str) -> Iterator[Example | Invalid]:
     it), width, height, and lang, which must be en or zh (otherwise "unsupported_language")."""
     files = [path] if path.endswith(".parquet") else list_files(path, "*.parquet")
     if not files:
-        yield Invalid(CURATED, path, UNREADABLE, "no .parquet file in the folder")
+        yield Invalid(CURATED, path, FILE_UNREADABLE, "no .parquet file in the folder")
     for file in files:
         yield from _curated_file(file)

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from formats.files import open_file
 from formats.example import Example, Invalid
+from formats.reasons import FILE_UNREADABLE, MALFORMED
 
-MALFORMED = "malformed_record"  # a record lacks a field the converter needs, or holds the wrong type
-UNREADABLE = "file_unreadable"  # a whole file is missing, not JSON (or Parquet), or of another shape
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
 
@@ -111,7 +110,7 @@ def read_json(source: str, path: str, kind: type, inner: str | None = None) -> t
             raise Malformed(f"top level: expected {_JSON_TYPES[kind]}, got {_what(data)}")
         return data, None
     except Exception as e:  # a missing file raises OSError, json raises ValueError
-        return None, Invalid(source, path, UNREADABLE, error_text(e))
+        return None, Invalid(source, path, FILE_UNREADABLE, error_text(e))
 
 
 # --- records -------------------------------------------------------------------------------------

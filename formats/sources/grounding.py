@@ -50,7 +50,8 @@ import pyarrow.parquet as pq
 
 from formats.files import exists, open_file, tar_samples
 from formats.example import GROUNDED_CAPTION, GROUNDING, REFERRING, Example, Invalid, Region, Span
-from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, get, ident, name, size
+from formats.reasons import DOWNLOAD_FAILED, FILE_UNREADABLE, IMAGE_SIZE_MISSING, MALFORMED, NO_REGIONS
+from formats.sources.common import Malformed, error_text, get, ident, name, size
 from formats.sources.text import jsonl_records
 
 SOURCE = "grit"
@@ -58,9 +59,6 @@ TASKS = (GROUNDING, REFERRING, GROUNDED_CAPTION)
 COLUMNS = ("key", "caption", "width", "height", "noun_chunks", "ref_exps", "status", "error_message", "jpg")
 BATCH_ROWS = 256
 
-DOWNLOAD_FAILED = "download_failed"  # img2dataset recorded a failed download: there is no image
-IMAGE_SIZE_MISSING = "image_size_missing"  # no width and height: the fractions cannot become pixels
-NO_REGIONS = "no_regions"  # a row without a noun chunk (or referring expression) to use
 
 Labels = dict[tuple[int, int], tuple[Region, ...]]  # (start, end) of the caption -> its boxes
 
@@ -216,4 +214,4 @@ def _read_grit(path: str, task: str) -> Iterator[Example | Invalid]:
             else:
                 yield from grit_examples(row, task, f"{name(path)}:{number}", shard)
     except Exception as e:  # pyarrow and tarfile raise several types for a file cut off or of another kind
-        yield Invalid(SOURCE, path, UNREADABLE, f"read {count} rows, then {error_text(e)}")
+        yield Invalid(SOURCE, path, FILE_UNREADABLE, f"read {count} rows, then {error_text(e)}")

@@ -25,7 +25,8 @@ numbers from 1), its detail naming the field; the geometry itself is checked by 
 from collections.abc import Iterator
 
 from formats.example import OCR, Example, Invalid, Region
-from formats.sources.common import MALFORMED, UNREADABLE, Malformed, as_text, error_text, get, name, size, text
+from formats.reasons import FILE_UNREADABLE, MALFORMED
+from formats.sources.common import Malformed, as_text, error_text, get, name, size, text
 from formats.sources.text import jsonl_records, language, record_key
 
 
@@ -83,4 +84,4 @@ def read_ocr(path: str, source: str = "ocr") -> Iterator[Example | Invalid]:
             except Malformed as e:
                 yield Invalid(source, f"{name(path)}:{number}", MALFORMED, str(e))
     except Exception as e:  # a file that cannot be opened or read
-        yield Invalid(source, path, UNREADABLE, f"read {lines} lines, then {error_text(e)}")
+        yield Invalid(source, path, FILE_UNREADABLE, f"read {lines} lines, then {error_text(e)}")

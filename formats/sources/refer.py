@@ -39,23 +39,8 @@ from collections.abc import Iterator
 
 from formats.files import join, open_file
 from formats.example import GROUNDED_CAPTION, REFERRING, Example, Invalid, Region
-from formats.sources.common import (
-    MALFORMED,
-    UNREADABLE,
-    Malformed,
-    convert,
-    error_text,
-    get,
-    ident,
-    image_table,
-    keyed,
-    lookup,
-    name,
-    read_json,
-    size,
-    text,
-    vg_image,
-)
+from formats.reasons import FILE_UNREADABLE, MALFORMED
+from formats.sources.common import Malformed, convert, error_text, get, ident, image_table, keyed, lookup, name, read_json, size, text, vg_image
 
 TASKS = (REFERRING, GROUNDED_CAPTION)
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}  # the refs file read by default
@@ -133,7 +118,7 @@ def _read_refs(source: str, path: str) -> tuple[list | None, Invalid | None]:
             raise ValueError(f"expected a list of refs, got {type(refs).__name__}")
         return refs, None
     except Exception as e:  # a missing file, a refused global, a truncated pickle...
-        return None, Invalid(source, path, UNREADABLE, error_text(e))
+        return None, Invalid(source, path, FILE_UNREADABLE, error_text(e))
 
 
 def _read_refcoco(refs_path: str, instances_path: str, source: str, task: str, split: str | None) -> Iterator[Example | Invalid]:
@@ -145,7 +130,7 @@ def _read_refcoco(refs_path: str, instances_path: str, source: str, task: str, s
         images = image_table(get(instances, "images", list), ("id",), _coco_image)
         boxes = _boxes(get(instances, "annotations", list))
     except Malformed as e:
-        yield Invalid(source, instances_path, UNREADABLE, str(e))
+        yield Invalid(source, instances_path, FILE_UNREADABLE, str(e))
         return
     refs, bad = _read_refs(source, refs_path)
     if bad:
@@ -244,7 +229,7 @@ def _read_vg(regions_path: str, images_path: str, task: str) -> Iterator[Example
                 count += 1
                 yield from _vg_examples(entry, f"{name(regions_path)}:{count - 1}", images, task)
     except Exception as e:  # a missing file, JSON that breaks off, bytes that are not UTF-8
-        yield Invalid(VG, regions_path, UNREADABLE, f"read {count} images, then {error_text(e)}")
+        yield Invalid(VG, regions_path, FILE_UNREADABLE, f"read {count} images, then {error_text(e)}")
 
 
 def _vg_examples(entry, where: str, images: dict, task: str) -> Iterator[Example | Invalid]:

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 from formats.files import open_file
 from formats.example import TEXT, Example, Invalid
-from formats.sources.common import MALFORMED, UNREADABLE, Malformed, error_text, get, ident, name, text
+from formats.reasons import FILE_UNREADABLE, MALFORMED
+from formats.sources.common import Malformed, error_text, get, ident, name, text
 
 TEXT_NOT_UTF8 = "text_not_utf8"
 LANGUAGES = ("en", "zh")
@@ -71,7 +72,7 @@ def _read_txt(path: str, source: str) -> Iterator[Example | Invalid]:
         with open_file(path, compression=None) as f:
             data = f.read()
     except Exception as e:  # a file that cannot be opened or read
-        yield Invalid(source, path, UNREADABLE, error_text(e))
+        yield Invalid(source, path, FILE_UNREADABLE, error_text(e))
         return
     try:
         document = data.decode("utf-8-sig")
@@ -99,4 +100,4 @@ def _read_jsonl(path: str, source: str) -> Iterator[Example | Invalid]:
             except Malformed as e:
                 yield Invalid(source, where, MALFORMED, str(e))
     except Exception as e:  # a file that cannot be opened or read
-        yield Invalid(source, path, UNREADABLE, f"read {lines} lines, then {error_text(e)}")
+        yield Invalid(source, path, FILE_UNREADABLE, f"read {lines} lines, then {error_text(e)}")

@@ -26,24 +26,8 @@ from collections.abc import Iterator
 
 from formats.files import exists, join, list_files
 from formats.example import VQA, Example, Invalid
-from formats.sources.common import (
-    MALFORMED,
-    UNREADABLE,
-    Malformed,
-    as_text,
-    convert,
-    get,
-    ident,
-    image_table,
-    keyed,
-    lookup,
-    name,
-    read_json,
-    size,
-    text,
-    texts,
-    vg_image,
-)
+from formats.reasons import FILE_UNREADABLE, MALFORMED
+from formats.sources.common import Malformed, as_text, convert, get, ident, image_table, keyed, lookup, name, read_json, size, text, texts, vg_image
 
 VQAV2, GQA, VG, DVQA, OCR_VQA = "vqav2", "gqa", "vg", "dvqa", "ocr-vqa"
 DOCVQA, TEXTVQA, CHARTQA, AI2D = "docvqa", "textvqa", "chartqa", "ai2d"
@@ -294,7 +278,7 @@ def read_ai2d(path: str) -> Result:
     instruction asks."""
     files = list_files(join(path, "questions"), "*.json")
     if not files:
-        yield Invalid(AI2D, path, UNREADABLE, "no questions/*.json in the folder")
+        yield Invalid(AI2D, path, FILE_UNREADABLE, "no questions/*.json in the folder")
         return
     for file in files:
         record, bad = read_json(AI2D, file, dict)

@@ -1,14 +1,13 @@
-"""A raw image-text pair as the readers hand it to the rules, and its stable id."""
+"""A raw image-text pair as the stage-1 readers hand it to the rules, and the Reject a reader or a rule
+attaches to it (None from a rule keeps the pair)."""
 
-import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from filters.rule import Reject
 
-
-def pair_uid(source: str, key: str) -> str:
-    """A stable id from the source's name and the pair's original key: a rerun gives the same uid."""
-    return hashlib.blake2b(f"{source}\x00{key}".encode(), digest_size=8).hexdigest()
+class Reject(NamedTuple):
+    reason: str  # one of formats.reasons
+    detail: str  # what exactly failed, for a person reading rejected/
 
 
 @dataclass

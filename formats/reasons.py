@@ -1,0 +1,105 @@
+"""Why a row goes to rejected/: one named constant per failure, for both stages.
+
+A reason is the `reason` column of a rejected row (the `detail` column says what exactly failed). Stage 1
+checks in the order of `STAGE1_REASONS`, which is also the order of its report's columns and of the
+funnel: a pair that fails several rules is counted under the first. Stage 2 lists its reasons by where
+they arise: the data set's files, the boxes, the text templates, the conversations, the images, packing.
+"""
+
+# --- stage 1 -------------------------------------------------------------------------------------
+
+# What the readers find before any rule runs.
+SHARD_UNREADABLE = "shard_unreadable"  # a whole input file cannot be opened or parsed
+SHARD_EMPTY = "shard_empty"  # an input file holds no pair at all
+DOWNLOAD_FAILED = "download_failed"  # img2dataset recorded a failed download (status != success): no image
+MEMBER_UNREADABLE = "member_unreadable"  # a tar member is cut off or cannot be read
+CAPTION_MISSING = "caption_missing"  # a sample has an image but no caption
+IMAGE_MISSING = "image_missing"  # a sample has a caption but no image (stage 2: its image file is not there)
+IMAGE_UNREADABLE = "image_unreadable"  # an image path cannot be read (stage 2: its bytes are not an image)
+
+# Caption rules (cheap: run first).
+CAPTION_NOT_UTF8 = "caption_not_utf8"
+CAPTION_SPECIAL_TAG = "caption_special_tag"  # CC12M's <PERSON> and the like
+CAPTION_HAS_EMOJI = "caption_has_emoji"
+CAPTION_FOREIGN_CHARS = "caption_foreign_chars"  # characters neither English nor Chinese
+CAPTION_TOO_SHORT = "caption_too_short"
+CAPTION_TOO_LONG = "caption_too_long"
+
+# Language ID on the cleaned caption (fastText, microseconds a caption).
+LANGUAGE = "language"  # detected language not kept for the source, or its score below the minimum
+
+# Image rules: the header first (no pixels), then the one decode (pHash).
+IMAGE_DECOMPRESSION_BOMB = "image_decompression_bomb"
+IMAGE_TOO_SMALL = "image_too_small"
+IMAGE_ASPECT_RATIO = "image_aspect_ratio_too_large"
+IMAGE_UNDECODABLE = "image_undecodable"
+
+# Across the whole run, the most expensive last.
+DUPLICATE = "duplicate"  # an exact or near duplicate of the image kept (detail: its uid)
+CLIP_SCORE = "clip_score"  # image-text CLIP score below the source's threshold
+
+STAGE1_REASONS = (
+    SHARD_UNREADABLE,
+    SHARD_EMPTY,
+    DOWNLOAD_FAILED,
+    MEMBER_UNREADABLE,
+    CAPTION_MISSING,
+    IMAGE_MISSING,
+    IMAGE_UNREADABLE,
+    CAPTION_NOT_UTF8,
+    CAPTION_SPECIAL_TAG,
+    CAPTION_HAS_EMOJI,
+    CAPTION_FOREIGN_CHARS,
+    CAPTION_TOO_SHORT,
+    CAPTION_TOO_LONG,
+    LANGUAGE,
+    IMAGE_DECOMPRESSION_BOMB,
+    IMAGE_TOO_SMALL,
+    IMAGE_ASPECT_RATIO,
+    IMAGE_UNDECODABLE,
+    DUPLICATE,
+    CLIP_SCORE,
+)
+
+# --- stage 2 and stage 3 -------------------------------------------------------------------------
+
+# The data set's files (formats/sources/); DOWNLOAD_FAILED above also applies to GRIT's img2dataset rows.
+FILE_UNREADABLE = "file_unreadable"  # a whole file is missing, not JSON (or Parquet), or of another shape
+MALFORMED = "malformed_record"  # a record lacks a field the converter needs, or holds the wrong type
+UNSUPPORTED_LANGUAGE = "unsupported_language"  # a curated row in a language with no caption template
+IMAGE_SIZE_MISSING = "image_size_missing"  # no width and height: GRIT's box fractions cannot become pixels
+NO_REGIONS = "no_regions"  # a row without a noun chunk (or referring expression) to use
+
+# Boxes on the [0, 1000) grid (formats/boxes.py).
+BOX_MALFORMED = "box_malformed"
+BOX_NOT_FINITE = "box_not_finite"
+BOX_INVERTED = "box_inverted"
+BOX_DEGENERATE = "box_degenerate"
+BOX_OUTSIDE_IMAGE = "box_outside_image"
+IMAGE_SIZE_INVALID = "image_size_invalid"  # no usable width and height to normalize by
+
+# Text templates (formats/templates.py).
+TASK_UNKNOWN = "task_unknown"
+LANG_UNKNOWN = "lang_unknown"
+FIELD_EMPTY = "field_empty"  # a field the task needs is empty (detail: which)
+SPAN_INVALID = "span_invalid"  # a grounding span out of the text, empty, overlapping another, or with no region
+REGION_NOT_NORMALIZED = "region_not_normalized"  # pixel coordinates where the 1000 grid is needed
+TEXT_SPECIAL_TOKEN = "text_special_token"  # text holding markup the tokenizer would read as a tag
+
+# Conversations (formats/chatml.py).
+CHAT_NO_CONVERSATIONS = "chat_no_conversations"
+CHAT_TURN_MALFORMED = "chat_turn_malformed"
+CHAT_UNKNOWN_ROLE = "chat_unknown_role"
+CHAT_VALUE_NOT_STRING = "chat_value_not_string"
+CHAT_EMPTY_VALUE = "chat_empty_value"
+CHAT_TURN_ORDER = "chat_turn_order"
+CHAT_SPECIAL_TOKEN = "chat_special_token"
+CHAT_BAD_IMAGE_TAG = "chat_bad_image_tag"
+CHAT_IMAGE_NOT_IN_USER = "chat_image_not_in_user"
+
+# Images and tokens (pipelines/stage2.py); IMAGE_MISSING and IMAGE_UNREADABLE above also apply.
+BAD_IMAGE_TAG = "bad_image_tag"  # the text's <img> tags do not match its images
+
+# Packing (formats/packing.py).
+TOO_LONG = "too_long"  # a sample longer than the sequence that cannot be cut (it has an image)
+EMPTY = "empty"  # a sample with no tokens
