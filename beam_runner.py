@@ -24,7 +24,7 @@ log = logging.getLogger("beam_runner")
 
 
 def make_sample(argv: list[str]) -> None:
-    from pipelines.sample_corpus import make_sample
+    from synthetic.raw_corpus import make_sample
 
     parser = ArgumentParser(prog="beam_runner.py make-sample", description="Write a synthetic raw corpus in img2dataset's layout.")
     parser.add_argument("--output", required=True, help="folder to write the shards into")
@@ -43,7 +43,7 @@ def make_sample(argv: list[str]) -> None:
 
 
 def make_stage2_sample(argv: list[str]) -> None:
-    from pipelines.sample_stage2 import make_stage2_sample
+    from synthetic.annotated_sets import make_stage2_sample
 
     parser = ArgumentParser(prog="beam_runner.py make-stage2-sample", description="Write small annotated data sets in their published layouts.")
     parser.add_argument("--output", required=True, help="folder to write the data sets into")
@@ -97,7 +97,7 @@ def sft(argv: list[str]) -> None:
 def report(argv: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
-    from pipelines import report as report_lib
+    from pipelines import stage1_report as report_lib
 
     parser = ArgumentParser(prog="beam_runner.py report", description="Print a stage-1 report again and draw its funnel.")
     parser.add_argument("dir", help="a stage1 --output folder")
@@ -113,7 +113,8 @@ def report(argv: list[str]) -> None:
 
 
 def inspect(argv: list[str]) -> None:
-    from pipelines import inspect as inspect_lib
+    from viewer.contact_sheet import render_html
+    from viewer.describe import describe
 
     parser = ArgumentParser(prog="beam_runner.py inspect", description="Show a Parquet file or folder: schema, rows, images.")
     parser.add_argument("path", help="a Parquet file or a folder of them")
@@ -122,9 +123,9 @@ def inspect(argv: list[str]) -> None:
     parser.add_argument("--limit", type=int, default=200, help="rows in the contact sheet (default 200)")
     args = parser.parse_args(argv)
     try:
-        print(inspect_lib.describe(args.path, rows=args.rows))
+        print(describe(args.path, rows=args.rows))
         if args.render:
-            cards = inspect_lib.render_html(args.path, args.render, limit=args.limit)
+            cards = render_html(args.path, args.render, limit=args.limit)
             print(f"\ncontact sheet: {args.render} ({cards} rows)")
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None

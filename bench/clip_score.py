@@ -11,7 +11,7 @@ fields, shapes and grain, ~100-200 KB; 256 distinct ones, cycled), with captions
 Printed per model, in images/s:
 (a) the baseline: the bare image encoder on ready tensors already on the device, batch --batch;
 (b) the stage, from JPEG bytes to scores: decode + open_clip preprocessing + tokenize + both encoders +
-    cosine, through the same ClipScorer methods pipelines/clip.py calls, with a torch DataLoader pool of
+    cosine, through the same ClipScorer methods pipelines/score_clip.py calls, with a torch DataLoader pool of
     --workers processes (one torch thread each) doing the CPU part and the main process running the model
     ("pil": the workers decode with PIL, as PreprocessClip does; "device": the workers only tokenize and
     the JPEGs are decoded in the main process on the model's device, as ScoreClip(decode_on_device=True)
@@ -134,7 +134,7 @@ def stage_beam(model: str, jpegs, captions, args) -> tuple[float, float]:
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.clip import ScoreClip
+    from pipelines.score_clip import ScoreClip
 
     folder = Path(tempfile.mkdtemp(prefix="clip-bench-jpegs-"))
     for i, data in enumerate(jpegs):

@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 from filters.config import load_config  # noqa: E402
 from filters.image_rules import decode_phash  # noqa: E402
 from filters.langid import LanguageId  # noqa: E402
-from filters.stage1 import first_reject  # noqa: E402
+from filters.curate import first_reject  # noqa: E402
 from pipelines.readers import read_webdataset  # noqa: E402
-from pipelines.sample_corpus import make_sample  # noqa: E402
+from synthetic.raw_corpus import make_sample  # noqa: E402
 
 DATA_JUICER_PAIRS_PER_CORE = 86  # MEASUREMENTS.md, same kind of machine, 20,000 pairs
 

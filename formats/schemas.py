@@ -28,7 +28,7 @@ REJECTED = pa.schema(
         ("key", pa.string()),
         ("url", pa.string()),
         ("caption", pa.string()),  # as received; bytes that are not UTF-8 shown as \xNN
-        ("reason", pa.string()),  # a name from filters/reasons.py
+        ("reason", pa.string()),  # a name from formats/reasons.py
         ("detail", pa.string()),  # what exactly failed
         ("image", pa.binary()),  # encoded bytes as received, for audit (null if none, or not kept)
     ]
@@ -72,5 +72,22 @@ STAGE2_REJECTED = pa.schema(
         ("key", pa.string()),
         ("reason", pa.string()),
         ("detail", pa.string()),
+    ]
+)
+
+# img2dataset's per-shard metadata (the .parquet beside each .tar; its parquet output adds the image column).
+IMG2DATASET_METADATA = pa.schema(
+    [
+        ("caption", pa.string()),
+        ("url", pa.string()),
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("exif", pa.string()),
+        ("sha256", pa.string()),
     ]
 )

@@ -3,7 +3,7 @@ in Beam DoFns by pipelines/stage1.py, so each is testable on its own.
 
 No pair is ever lost without a row: a file that cannot be read, a tar cut off in the middle, a member
 missing its caption, a failed download, a manifest line that is not JSON or an image path that cannot be
-read each become a RawPair carrying a Reject (filters/reasons.py), which the rules pass straight through.
+read each become a RawPair carrying a Reject (formats/reasons.py), which the rules pass straight through.
 
 Manifest columns (first one present wins): caption `caption`, `text`, `TEXT`; image `image`,
 `image_path`, `path`, `filepath`, `file`; key `key`, `id` (else FILE:ROW); url `url`, `URL`. A relative

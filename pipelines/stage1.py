@@ -5,8 +5,8 @@
 
 The steps, cheap first: read each source's files (a DoFn per file, spread over workers); the per-pair
 rules (caption rules, fastText language ID, image header rules, the one decode that gives the pHash;
-filters/stage1.py); dedup across the whole run (pipelines/dedup.py); the CLIP score last, through
-RunInference, on what survives (pipelines/clip.py). Every pair ends in exactly one output, curated/ or
+filters/curate.py); dedup across the whole run (pipelines/find_duplicates.py); the CLIP score last, through
+RunInference, on what survives (pipelines/score_clip.py). Every pair ends in exactly one output, curated/ or
 rejected/, with the first rule it failed; the report counts them per source in that order. A rerun
 into the same --output first removes what an earlier run left there, so the folder never mixes two runs.
 """
@@ -27,10 +27,10 @@ from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
 from formats.pair import RawPair
 from formats.pair import Reject
-from filters.stage1 import curate, reject_candidate
+from filters.curate import curate, reject_candidate
 from formats import schemas
-from pipelines import report as report_lib
-from pipelines.dedup import DEFAULT_MAX_DISTANCE, FindDuplicates
+from pipelines import stage1_report as report_lib
+from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
 from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
 from pipelines.runner import pipeline_options
@@ -81,7 +81,7 @@ class ReadSource(beam.PTransform):
 
 
 class Screen(beam.DoFn):
-    """The per-pair rules (filters.stage1.curate: caption rules, language ID, image rules, the decode):
+    """The per-pair rules (filters.curate.curate: caption rules, language ID, image rules, the decode):
     candidates out the main output, rejects tagged. The fastText model is loaded once per worker.
 
     One DoFn with two outputs, each written by its own sink: graphs that flattened a second step's
@@ -178,7 +178,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     """Add the stage-1 graph to pipeline `p`. Three passes, so that no row with an image ever waits in
     memory for a decision across the run:
     1. read every source, apply the per-pair rules, write the rejects to rejected/ and the candidates to
-       a work folder; meanwhile find the duplicates on slim records (pipelines/dedup.py);
+       a work folder; meanwhile find the duplicates on slim records (pipelines/find_duplicates.py);
     2. (with --clip-model) read the candidates back, score those that are not duplicates through
        RunInference, and turn the scores into per-source thresholds (absolute, or a top share);
     3. read the candidates back again, decide each with the duplicates, scores and thresholds as side
@@ -198,7 +198,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
 
     clip = settings["clip"]
     if clip:
-        from pipelines.clip import ScoreClip  # torch and open_clip load only when CLIP runs
+        from pipelines.score_clip import ScoreClip  # torch and open_clip load only when CLIP runs
 
         scores = (
             read_back("clip")

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from filters.clip_score import RANDOM_NOTE, ClipError, load_preprocessor, load_scorer, save_random_model
-from pipelines.clip import ScoreClip
+from pipelines.score_clip import ScoreClip
 
 # torchvision 0.29 deprecates its JPEG decoder (the device-decode path); pytest resets the module's filter
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")

@@ -1,4 +1,4 @@
-"""pipelines/dedup.py in a real Beam pipeline against a brute-force answer."""
+"""pipelines/find_duplicates.py in a real Beam pipeline against a brute-force answer."""
 
 import json
 import random
@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 
 from filters.dedup import preference
-from pipelines.dedup import FindDuplicates, Member, duplicates
+from pipelines.find_duplicates import FindDuplicates, Member, duplicates
 
 
 def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:

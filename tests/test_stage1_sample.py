@@ -11,8 +11,8 @@ from pipelines import stage1
 from filters.clip_score import RANDOM_NOTE, save_random_model
 from filters.dedup import preference
 from formats.ids import pair_uid
-from pipelines.report import KEPT, build_report, format_report, write_chart
-from pipelines.sample_corpus import make_sample
+from pipelines.stage1_report import KEPT, build_report, format_report, write_chart
+from synthetic.raw_corpus import make_sample
 from tests.test_clip_score import direct_scores
 
 PAIRS = 1000

@@ -8,8 +8,8 @@ import pytest
 
 from formats.tokenizer import PAD_ID, QwenTokenizer
 from pipelines import stage1, stage2
-from pipelines.sample_corpus import make_sample
-from pipelines.sample_stage2 import make_stage2_sample
+from synthetic.raw_corpus import make_sample
+from synthetic.annotated_sets import make_stage2_sample
 
 SEQ_LEN = 2048
 

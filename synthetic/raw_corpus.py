@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance
 
-from formats import reasons
+from formats import reasons, schemas
 
 OOM_SHARD_COUNT = 5  # img2dataset's default: shard names 00000, 00001...
 ROW_GROUP_SIZE = 100  # img2dataset's BufferedParquetWriter flushes every 100 rows
@@ -60,22 +60,7 @@ FIXED_TIME = 1_700_000_000  # tar mtimes and stats timestamps
 TAR_USER = "bigdata"  # webdataset TarWriter's defaults
 TAR_MODE = 0o444
 
-METADATA_SCHEMA = pa.schema(
-    [
-        ("caption", pa.string()),
-        ("url", pa.string()),
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("error_message", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("original_width", pa.int32()),
-        ("original_height", pa.int32()),
-        ("exif", pa.string()),
-        ("sha256", pa.string()),
-    ]
-)
-PARQUET_SCHEMA = METADATA_SCHEMA.append(pa.field("jpg", pa.binary()))
+PARQUET_SCHEMA = schemas.IMG2DATASET_METADATA.append(pa.field("jpg", pa.binary()))
 
 CURATED = "curated"
 # kind: (share of the corpus, expected outcome). Kept kinds make 54%, rejected kinds 46%. Captions are in
@@ -112,7 +97,7 @@ DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
 # Captions read as natural English or Chinese, so that lid.176 (filters/langid.py) names their language
 # surely: a core scene of 4 to 8 words (5 to 12 characters) that already reads as a sentence, then
 # phrases. English phrases that lid.176 takes for other languages on their own ("a snowy mountain" is pl
-# 0.89, "a chef making pizza" fr 0.53) are left out; tests/test_sample_corpus.py checks 20,000 captions.
+# 0.89, "a chef making pizza" fr 0.53) are left out; tests/test_raw_corpus.py checks 20,000 captions.
 
 PREFIXES = ["a photo of", "a close-up of", "a view of", "an illustration of", "a picture of", "a painting of"]
 CORES = [
@@ -614,12 +599,12 @@ def _metadata(sample: dict) -> dict:
 def _table(samples: list[dict], with_images: bool) -> pa.Table:
     """The shard's parquet table; the caption column holds the caption's bytes as stored there."""
     rows = [_metadata(s) for s in samples]
-    columns = {field.name: pa.array([r[field.name] for r in rows], field.type) for field in METADATA_SCHEMA}
+    columns = {field.name: pa.array([r[field.name] for r in rows], field.type) for field in schemas.IMG2DATASET_METADATA}
     stored = [s["raw"] if with_images else s["text"] and s["text"].encode() for s in samples]
     columns["caption"] = pa.array(stored, pa.binary()).view(pa.string())  # bytes as they are, UTF-8 or not
     if with_images:
         columns["jpg"] = pa.array([s["image"] for s in samples], pa.binary())
-    return pa.table(columns, schema=PARQUET_SCHEMA if with_images else METADATA_SCHEMA)
+    return pa.table(columns, schema=PARQUET_SCHEMA if with_images else schemas.IMG2DATASET_METADATA)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -20,10 +20,11 @@ from filters.config import load_config
 from filters.langid import LanguageId
 from formats.pair import RawPair
 from formats.pair import Reject
-from filters.stage1 import curate
+from filters.curate import curate
 from filters.text_rules import caption_length
-from pipelines import sample_corpus as sc
-from pipelines.sample_corpus import KINDS, METADATA_SCHEMA, make_sample
+from synthetic import raw_corpus as sc
+from formats import schemas
+from synthetic.raw_corpus import KINDS, make_sample
 
 # filters/image_rules.py silences this warning at import, but pytest restores the filters for each test.
 CFGS = load_config(["laion-en", "laion-zh"])
@@ -268,7 +269,7 @@ def test_webdataset_layout(webdataset):
     by_key = injected(webdataset)["by_key"]
     for shard, count in zip(shards, (120, 120, 60)):
         table = pq.read_table(webdataset / f"{shard}.parquet")
-        assert table.schema == METADATA_SCHEMA and table.schema.names == METADATA_COLUMNS
+        assert table.schema == schemas.IMG2DATASET_METADATA and table.schema.names == METADATA_COLUMNS
         keys = table.column("key").to_pylist()
         assert keys == [f"{int(shard):05d}{i:03d}" for i in range(count)]
         statuses = table.column("status").to_pylist()

@@ -58,7 +58,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from formats.boxes import normalize_box
 from formats.reasons import BOX_OUTSIDE_IMAGE, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, IMAGE_MISSING, MALFORMED, NO_REGIONS, TEXT_SPECIAL_TOKEN
-from pipelines.sample_corpus import METADATA_SCHEMA
+from formats import schemas
 
 CONVERTER, STAGE2 = "converter", "stage2"  # where a planted record is caught
 MANIFEST = "stage2_sample.json"
@@ -295,7 +295,7 @@ def make_vqav2(output: str, seed: int, n: int, images: list[CocoImage], missing:
     rng.shuffle(order)
     questions = [questions[i] for i in order]
     folder = os.path.join(output, "vqav2")
-    info = {"description": "synthetic VQA v2 sample (pipelines/sample_stage2.py)", "version": "2.0", "year": 2017}
+    info = {"description": "synthetic VQA v2 sample (synthetic/annotated_sets.py)", "version": "2.0", "year": 2017}
     license = {"name": "Creative Commons Attribution 4.0 International License", "url": "http://creativecommons.org/licenses/by/4.0/"}
     write_json(os.path.join(folder, "v2_OpenEnded_mscoco_train2014_questions.json"),
                {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": license, "data_subtype": "train2014", "questions": questions})
@@ -347,7 +347,7 @@ def make_coco_captions(output: str, seed: int, n: int, images: list[CocoImage], 
     rng.shuffle(annotations)
     listed = sorted({im.id: im for im in [*images, missing]}.values(), key=lambda im: im.id)
     data = {
-        "info": {"description": "synthetic COCO Captions sample (pipelines/sample_stage2.py)", "version": "1.0", "year": 2014},
+        "info": {"description": "synthetic COCO Captions sample (synthetic/annotated_sets.py)", "version": "1.0", "year": 2014},
         "licenses": [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}],
         "images": [{"license": 4, "file_name": im.file_name, "height": im.scene.height, "width": im.scene.width,
                     "date_captured": "2013-11-14 16:28:13", "id": im.id} for im in listed],
@@ -442,7 +442,7 @@ def make_refcoco(output: str, seed: int, n: int, images: list[CocoImage], missin
     with open(os.path.join(folder, "refs(unc).p"), "wb") as f:
         pickle.dump(refs, f, protocol=2)  # the toolkit's files come from Python 2's cPickle
     write_json(os.path.join(folder, "instances.json"), {
-        "info": {"description": "synthetic RefCOCO sample (pipelines/sample_stage2.py)"}, "images": instances_images,
+        "info": {"description": "synthetic RefCOCO sample (synthetic/annotated_sets.py)"}, "images": instances_images,
         "licenses": [{"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"}],
         "type": "instances", "annotations": anns, "categories": CATEGORIES})
     records = good + len(bad)
@@ -453,7 +453,7 @@ def make_refcoco(output: str, seed: int, n: int, images: list[CocoImage], missin
 
 # --- GRIT ----------------------------------------------------------------------------------------
 
-GRIT_SCHEMA = METADATA_SCHEMA.append(pa.field("id", pa.int64())) \
+GRIT_SCHEMA = schemas.IMG2DATASET_METADATA.append(pa.field("id", pa.int64())) \
     .append(pa.field("noun_chunks", pa.list_(pa.list_(pa.float64())))) \
     .append(pa.field("ref_exps", pa.list_(pa.list_(pa.float64())))) \
     .append(pa.field("jpg", pa.binary()))

@@ -1,4 +1,4 @@
-"""Tests of pipelines/inspect.py: `describe`'s exact lines, the HTML contact sheet, and the one-line errors; for
+"""Tests of viewer/ (describe.py, contact_sheet.py) and formats/markup.py: `describe`'s exact lines, the HTML contact sheet, and the one-line errors; for
 stage-2 samples and packed rows, the decoded text with its supervision marked and the regions drawn on the images."""
 
 import base64
@@ -15,7 +15,9 @@ from PIL import Image
 
 from formats.schemas import CURATED, PACKED, REJECTED, SAMPLES
 from formats.tokenizer import PAD_ID, QwenTokenizer
-from pipelines.inspect import COLOURS, MAX_DECODED, _kind, _regions, _size, describe, render_html
+from viewer.contact_sheet import COLOURS, render_html
+from viewer.describe import MAX_DECODED, describe
+from viewer.rows import human_size, kind_of
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -92,7 +94,7 @@ def thumbnails(page: str) -> list[Image.Image]:
 
 
 def test_size_is_for_people():
-    assert [_size(n) for n in (0, 999, 1000, 47_600, 3_140_000, 2_500_000_000)] == [
+    assert [human_size(n) for n in (0, 999, 1000, 47_600, 3_140_000, 2_500_000_000)] == [
         "0 B", "999 B", "1.0 KB", "47.6 KB", "3.1 MB", "2.5 GB"]
 
 
@@ -313,9 +315,9 @@ def packed(tok, samples, tmp_path) -> tuple[Path, list[dict]]:
 
 
 def test_kind_by_column_names():
-    assert _kind(CURATED.names) == _kind(REJECTED.names) == "pairs"
-    assert _kind(SAMPLES.names) == "samples"
-    assert _kind(PACKED.names) == "packed"
+    assert kind_of(CURATED.names) == kind_of(REJECTED.names) == "pairs"
+    assert kind_of(SAMPLES.names) == "samples"
+    assert kind_of(PACKED.names) == "packed"
 
 
 def test_describe_sample_row(samples):
@@ -332,7 +334,7 @@ def test_describe_sample_row(samples):
         "  text: " + GROUNDING_PROMPT + GROUNDING_TARGET,
         f"  input_ids: list of {n}: [151857, 151859, 151859, …]",
         f"  loss_mask: list of {n}: [0, 0, 0, …]",
-        f"  images: list of 1: [<PNG 768x384, {_size(len(PNG_WIDE))}>]",
+        f"  images: list of 1: [<PNG 768x384, {human_size(len(PNG_WIDE))}>]",
         "  image_refs: list of 1: [bee.png]",
         f"  decoded: {n} tokens, {supervised} supervised",
         "    <img>bee.png</img>Generate the caption in English with grounding:"
@@ -369,7 +371,7 @@ def test_describe_packed_row(packed):
     tokens = n0 + n1 + 10
     lines = block(text, 0)
     assert lines[:2] == ["  uid: p0", "  task: grounding"]
-    assert lines[6] == f"  images: list of 2: [<PNG 768x384, {_size(len(PNG_WIDE))}>, <PNG 384x768, {_size(len(PNG_TALL))}>]"
+    assert lines[6] == f"  images: list of 2: [<PNG 768x384, {human_size(len(PNG_WIDE))}>, <PNG 384x768, {human_size(len(PNG_TALL))}>]"
     assert lines[7:] == [
         "  sample_uids: list of 2: [s0, s1]",
         f"  packing: {tokens:,} tokens, 2 documents, 10 padding, efficiency {100 * (n0 + n1) / tokens:.2f}%",
@@ -389,23 +391,6 @@ def test_describe_flags_positions_that_do_not_restart(packed, tmp_path):
     text = describe(str(write(tmp_path / "bad.parquet", [row], PACKED)))
     assert f"  document 0: sample s0, {n0} tokens, {sum(rows[0]['loss_mask'])} supervised, 1 image" in text
     assert f", 1 image, position ids not 0..{len(rows[1]['input_ids']) - 1}" in text
-
-
-def test_regions_refer_to_the_last_image_before_them():
-    text = ("<box>(1,1),(2,2)</box>Picture 1: <img>a</img>\nPicture 2: <img>b</img>\n"
-            "<ref>two cats</ref><box>(10,20),(30,40)</box> <box>(50,60),(70,80)</box> and "
-            "<ref>a dog</ref> sits <box>(5,5),(9,9)</box><ref>EXIT</ref><quad>(1,2),(3,4),(5,6),(7,8)</quad><box>(1,2)</box>")
-    regions = _regions(text)
-    assert [(r.kind, r.image, r.label, r.points) for r in regions] == [
-        ("box", None, None, [(1, 1), (2, 2)]),  # before any image: not drawn
-        ("box", 1, "two cats", [(10, 20), (30, 40)]),
-        ("box", 1, "two cats", [(50, 60), (70, 80)]),  # a run of regions after one <ref> shares its label
-        ("box", 1, None, [(5, 5), (9, 9)]),  # words between the <ref> and the box: no label
-        ("quad", 1, "EXIT", [(1, 2), (3, 4), (5, 6), (7, 8)]),
-        ("box", 1, "EXIT", None),  # unreadable coordinates: listed, not drawn
-    ]
-    assert [r.colour for r in regions] == COLOURS[:6]
-    assert text[regions[1].start : regions[1].end] == "<box>(10,20),(30,40)</box>"
 
 
 def drawn(page: str) -> list[Image.Image]:

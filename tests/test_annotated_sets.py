@@ -20,7 +20,7 @@ from formats.reasons import IMAGE_MISSING
 from formats.sources import PER_FILE, convert
 from formats.templates import check
 from formats.tokenizer import QwenTokenizer
-from pipelines.sample_stage2 import BACKGROUNDS, COLOURS, CONVERTER, MANIFEST, STAGE2, make_stage2_sample
+from synthetic.annotated_sets import BACKGROUNDS, COLOURS, CONVERTER, MANIFEST, STAGE2, make_stage2_sample
 
 SETS = ["vqa:vqav2", "caption:coco", "referring:refcoco", "grounded_caption:refcoco", "grounding:grit", "referring:vg",
         "grounded_caption:vg", "ocr:jsonl", "text:text"]

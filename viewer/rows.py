@@ -1,0 +1,251 @@
+"""Parquet outputs read for a person: the rows of a file or folder, and a sample's tokens decoded back.
+
+PATH is a Parquet file or a folder of them, read as one dataset in sorted file order. Only the rows
+asked for are read, batch by batch from the start, and the row count comes from the footers: a curated
+shard holds GBs of image bytes, and nothing here pulls them all in.
+
+The kind of data is told by its column names (`kind_of`): stage-2/sft samples have `input_ids` and
+`loss_mask` but no `doc_ids` (formats/schemas.py SAMPLES), packed sequences have `doc_ids` (PACKED),
+anything else is stage-1 pairs (curated/, rejected/). A sample's `input_ids` decode back to text with
+formats/tokenizer.py, in runs of one loss_mask value; each image is `<img>REF</img>`, REF from
+`image_refs` for a sample, `images[i]` for a packed row (i indexing the row's `images`). A packed row
+is read per document: a run of one `doc_ids` value, whose position ids restart at 0.
+"""
+
+import functools
+import io
+import os
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from formats.tokenizer import IMG_ID, QwenTokenizer, VocabularyError
+
+MAX_TEXT = 200  # characters of a string shown by `describe`
+LIST_ITEMS = 3  # items of a list shown by `describe`
+BATCH_ROWS = 64  # rows per read at most: a few rows never pull a whole row group of images
+TOKEN_BATCH_ROWS = 8  # the same for samples and packed rows, which hold 2048 ids and several images each
+# pyarrow's defaults (pre_buffer=True, buffer_size=0) read a whole column chunk before the first row;
+# buffered reads without pre-buffering fetch it page by page, only as far as the rows read.
+READ_OPTIONS = dict(pre_buffer=False, buffer_size=1 << 20)
+# What PIL raises on bad bytes, as in filters/image_rules.py.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+PAIRS, SAMPLES, PACKED = "pairs", "samples", "packed"
+
+
+def _footer(file: Path) -> pq.FileMetaData:
+    """The file's Parquet footer: schema and row count, no data read."""
+    try:
+        return pq.read_metadata(file)
+    except pa.ArrowInvalid:
+        raise ValueError(f"not a Parquet file: {file}") from None
+
+
+class Dataset:
+    """The Parquet files under a path, their total size, schema and row count, from the footers only."""
+
+    def __init__(self, path: str):
+        root = Path(path)
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        self.files = sorted(root.glob("*.parquet")) if root.is_dir() else [root]
+        if not self.files:
+            raise FileNotFoundError(f"no .parquet files in {path}")
+        self.size = sum(os.path.getsize(f) for f in self.files)
+        footers = [_footer(f) for f in self.files]
+        self.schema = footers[0].schema.to_arrow_schema()
+        for f, footer in zip(self.files, footers):
+            if not footer.schema.to_arrow_schema().equals(self.schema):
+                raise ValueError(f"schema of {f} differs from that of {self.files[0]}")
+        self.num_rows = sum(footer.num_rows for footer in footers)
+
+    def label(self) -> str:
+        """'3 Parquet files, 1.2 GB'."""
+        return f"{len(self.files)} Parquet file{'s' if len(self.files) != 1 else ''}, {human_size(self.size)}"
+
+    def head(self, n: int, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> list[dict]:
+        """The first n rows (of the given columns), as dicts of Python values."""
+        return list(self.iter(n, columns, batch_rows))
+
+    def iter(self, n: int, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS):
+        """The first n rows (of the given columns), one by one, read `batch_rows` at a time at most."""
+        if n <= 0:
+            return iter(())
+        return islice(self._rows(columns, min(n, batch_rows)), n)
+
+    @property
+    def kind(self) -> str:
+        """PACKED, SAMPLES or PAIRS, from the column names."""
+        return kind_of(self.schema.names)
+
+    def _rows(self, columns, batch_size):
+        for f in self.files:
+            with pq.ParquetFile(f, **READ_OPTIONS) as parquet:
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                    yield from batch.to_pylist()
+
+
+def human_size(n: int) -> str:
+    """A byte count for people: 812 B, 47.6 KB, 3.1 MB (1 KB = 1000 bytes)."""
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def image_summary(data: bytes) -> str:
+    """Format, size and byte count from the image header alone (no decode): 'JPEG 640x480, 47.6 KB'."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return f"{len(data):,} bytes, not an image"
+    except DECODE_ERRORS as e:  # a cut-off header, or a decompression bomb's size
+        return f"{len(data):,} bytes, bad image header: {e}"
+    return f"{image.format} {image.width}x{image.height}, {human_size(len(data))}"
+
+
+def show_value(value) -> str:
+    """One value as `describe` shows it: bytes summarized, long strings cut, lists shortened."""
+    if value is None:
+        return "null"
+    if isinstance(value, bytes):
+        return f"<{image_summary(value)}>"
+    if isinstance(value, str):
+        text = value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + "…"
+        return text.replace("\r", "\\r").replace("\n", "\\n")
+    if isinstance(value, float):
+        return f"{value:.6g}"  # float32 columns read back as 0.3100000023841858 otherwise
+    if isinstance(value, list):
+        items = ", ".join(show_value(v) for v in value[:LIST_ITEMS])
+        more = ", …" if len(value) > LIST_ITEMS else ""
+        return f"list of {len(value)}: [{items}{more}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+
+def kind_of(names) -> str:
+    """PACKED (doc_ids), SAMPLES (input_ids and loss_mask) or PAIRS (anything else), by column names."""
+    names = set(names)
+    if {"input_ids", "loss_mask"} <= names:
+        return PACKED if "doc_ids" in names else SAMPLES
+    return PAIRS
+
+
+@functools.cache
+def default_tokenizer() -> QwenTokenizer:
+    try:
+        return QwenTokenizer(None)
+    except VocabularyError as e:
+        raise ValueError(f"cannot decode input_ids: {e}") from None
+
+
+def decoded_runs(ids: list[int], mask: list[int], refs: list[str]) -> list[tuple[str, bool]]:
+    """The decoded text of `ids` in runs of one loss_mask value: (text, supervised). Each run is decoded
+    on its own (a sample's runs are its segments, each encoded on its own, so no character spans two);
+    `refs` name the images in order (a run takes as many as it holds <img> tokens)."""
+    tokenizer = default_tokenizer()
+    flags = [1 if m else 0 for m in mask[: len(ids)]] + [0] * (len(ids) - len(mask))
+    runs, start, image = [], 0, 0
+    for end in range(1, len(ids) + 1):
+        if end < len(ids) and flags[end] == flags[start]:
+            continue
+        chunk = ids[start:end]
+        count = chunk.count(IMG_ID)
+        runs.append((_decode(tokenizer, chunk, refs[image : image + count]), bool(flags[start])))
+        image += count
+        start = end
+    return runs
+
+
+def _decode(tokenizer: QwenTokenizer, ids: list, refs: list[str]) -> str:
+    """tokenizer.decode, with an id that is no token (out of the vocabulary, null) shown as [bad id X]."""
+    if all(isinstance(i, int) and 0 <= i < tokenizer.n_vocab for i in ids):
+        return tokenizer.decode(ids, images=refs)
+    out, start, image = [], 0, 0
+    for end, i in enumerate([*ids, None]):
+        if end < len(ids) and isinstance(i, int) and 0 <= i < tokenizer.n_vocab:
+            continue
+        good = ids[start:end]
+        count = good.count(IMG_ID)
+        out.append(tokenizer.decode(good, images=refs[image : image + count]))
+        image += count
+        if end < len(ids):
+            out.append(f"[bad id {i}]")
+        start = end + 1
+    return "".join(out)
+
+
+
+def sample_refs(row: dict) -> list[str]:
+    """What a sample's images are called in decoded text: its image_refs, else images[i]."""
+    refs = row.get("image_refs")
+    if refs is None:
+        refs = [f"images[{i}]" for i in range(len(row.get("images") or ()))]
+    return refs
+
+
+@dataclass
+class Document:
+    """One document of a packed row: tokens [start, end), its index, the row's images it holds."""
+
+    index: int
+    start: int
+    end: int
+    first_image: int
+    images: int
+
+
+def packed_documents(row: dict) -> list[Document]:
+    """The documents of a packed row: runs of one doc_ids value >= 0, in order."""
+    ids, docs = row["input_ids"] or [], row["doc_ids"] or []
+    out, start, image = [], 0, 0
+    for end in range(1, len(docs) + 1):
+        if end < len(docs) and docs[end] == docs[start]:
+            continue
+        count = ids[start:end].count(IMG_ID)
+        if docs[start] >= 0:
+            out.append(Document(docs[start], start, end, image, count))
+        image += count
+        start = end
+    return out
+
+
+def packing(row: dict) -> tuple[int, int, int, int]:
+    """(tokens, documents, padding tokens, supervised padding tokens) of a packed row."""
+    docs, mask = row["doc_ids"] or [], row["loss_mask"] or []
+    padding = [i for i, d in enumerate(docs) if d < 0]
+    return len(docs), len(set(docs) - {-1}), len(padding), sum(1 for i in padding if i < len(mask) and mask[i])
+
+
+def efficiency(tokens: int, padding: int) -> str:
+    return f"{100 * (tokens - padding) / tokens:.2f}%" if tokens else "-"
+
+
+def document_facts(row: dict, doc: Document) -> tuple[str, str]:
+    """(sample uid, '291 tokens, 25 supervised, 1 image'), flagged where position ids do not restart."""
+    uids = row.get("sample_uids") or []
+    uid = uids[doc.index] if doc.index < len(uids) else "?"
+    n = doc.end - doc.start
+    supervised = sum(1 for m in (row["loss_mask"] or [])[doc.start : doc.end] if m)
+    parts = [f"{n:,} tokens", f"{supervised:,} supervised",
+             f"{doc.images} image{'s' if doc.images != 1 else ''}"]
+    positions = row.get("position_ids")
+    if positions is not None and list(positions[doc.start : doc.end]) != list(range(n)):
+        parts.append(f"position ids not 0..{n - 1}")
+    return uid, ", ".join(parts)
+
+
+def packed_refs(doc: Document) -> list[str]:
+    return [f"images[{i}]" for i in range(doc.first_image, doc.first_image + doc.images)]
+
+
