@@ -1,5 +1,6 @@
-"""Files for the formats, local or remote (gs://, s3://, hdfs://), through pyarrow's filesystems: the
-formats read data sets without importing Beam (DESIGN.md: a format never imports Beam)."""
+"""Files of the data sets, local or remote (gs://, s3://, hdfs://), through pyarrow's filesystems: every
+reader of input data goes through here, and none imports Beam (so each runs and tests on its own).
+Remote paths need the filesystem pyarrow has for their scheme (its wheels include GCS and S3)."""
 
 import fnmatch
 import io
@@ -48,6 +49,33 @@ def list_files(folder: str, pattern: str) -> list[str]:
         return []
     names = sorted(info.base_name for info in infos if info.type == pafs.FileType.File and fnmatch.fnmatch(info.base_name, pattern))
     return [join(folder, name) for name in names]
+
+
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def match(path: str) -> list[str]:
+    """The files a path names, sorted: a folder's files (not its subfolders'), the file itself, or what a
+    glob matches (`*`, `?`, `[...]`; in the last part only, or in folders too, where `*` also crosses
+    `/`). Paths come back spelled as given (a relative folder gives relative paths); [] if none."""
+    if not _has_glob(path):
+        if is_dir(path):
+            return list_files(path.rstrip("/") or "/", "*")
+        return [path] if not path.endswith("/") and exists(path) else []
+    folder, _, pattern = path.rpartition("/")
+    if not _has_glob(folder):
+        return list_files(folder, pattern) if folder else [posixpath.basename(f) for f in list_files(".", pattern)]
+    parts = folder.split("/")
+    base = "/".join(parts[: next(i for i, p in enumerate(parts) if _has_glob(p))])
+    fs, inner = _resolve(base or ".")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [posixpath.relpath(info.path, inner) for info in infos if info.type == pafs.FileType.File]
+    found = [join(base, f) if base else f for f in found]
+    return sorted(f for f in found if fnmatch.fnmatchcase(f, path))
 
 
 def tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -31,8 +31,9 @@ from filters.curate import curate, reject_candidate
 from formats import schemas
 from pipelines import stage1_report as report_lib
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
-from pipelines.inputs import IMG2DATASET_PARQUET, MANIFEST, WEBDATASET, Input, resolve_input
-from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
+from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_img2dataset_parquet, read_webdataset
+from formats.sources.manifest import read_manifest
+from pipelines.inputs import MANIFEST, Input, resolve_input
 from pipelines.runner import pipeline_options
 from pipelines.sink import REJECTED, clear_outputs, write_parquet
 

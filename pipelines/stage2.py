@@ -32,6 +32,7 @@ from cli.usage import ArgumentParser, UsageError
 from formats import schemas
 from formats.boxes import normalize_example
 from formats.chatml import render as render_chat
+from formats.files import exists, is_dir, join, match, open_file
 from formats.example import TEXT, Example, Invalid
 from formats.packing import SEQ_LEN, Sample, pack
 from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_MISSING, IMAGE_UNREADABLE
@@ -69,11 +70,11 @@ def read_image(example: Example, images: str) -> tuple[bytes, int, int] | Invali
     from the annotations where they give it (their boxes are in that size), else from the header."""
     data = example.image_bytes
     if data is None:
-        path = FileSystems.join(images, example.image)
+        path = join(images, example.image)
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
+            with open_file(path, compression=None) as f:
                 data = f.read()
-        except (OSError, IOError) as e:
+        except OSError as e:
             return Invalid(example.source, example.key, IMAGE_MISSING, f"{path}: {type(e).__name__}")
     width, height = example.width, example.height
     if not (width and height):
@@ -290,7 +291,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
 def read_chat(path: str, source: Source):
     """The records of a fine-tuning JSON list, as (index, record); a file that is not one -> an Invalid."""
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_file(path, compression=None) as f:
             records = json.loads(f.read())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return [(0, Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
@@ -308,18 +309,18 @@ def _parse_source(spec: str, images: dict[str, str]) -> Source:
     if (task, fmt) not in CONVERTERS:
         known = ", ".join(f"{t}:{f}" for t, f in sorted(CONVERTERS))
         raise UsageError(f"--source {spec!r}: no converter for {task}:{fmt} (known: {known})")
-    if not any(c in path for c in "*?[") and not FileSystems.exists(path):
+    if not any(c in path for c in "*?[") and not exists(path):
         raise UsageError(f"--source {spec!r}: {path} does not exist")
-    folder = path if path.endswith("/") or os.path.isdir(path) else os.path.dirname(path)
+    folder = path if path.endswith("/") or is_dir(path) else os.path.dirname(path)
     return Source(task, fmt, path, images.get(fmt) or folder, _files(fmt, path))
 
 
 def _files(fmt: str, path: str) -> tuple[str, ...]:
     """What the converter runs on: for a per-file format, each file of a folder or glob; else the path."""
-    if fmt not in PER_FILE or not (path.endswith("/") or os.path.isdir(path) or any(c in path for c in "*?[")):
+    if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or any(c in path for c in "*?[")):
         return (path,)
-    patterns = [FileSystems.join(path, p) for p in PER_FILE[fmt]] if not any(c in path for c in "*?[") else [path]
-    files = sorted(m.path for result in FileSystems.match(patterns) for m in result.metadata_list)
+    patterns = [join(path, p) for p in PER_FILE[fmt]] if not any(c in path for c in "*?[") else [path]
+    files = sorted(f for pattern in patterns for f in match(pattern))
     if not files:
         raise UsageError(f"--source {fmt}={path}: no {' or '.join(PER_FILE[fmt])} files there")
     return tuple(files)
@@ -364,7 +365,7 @@ def prepare(argv: list[str], chat: bool):
     except VocabularyError as e:
         raise UsageError(str(e)) from None
     if chat:
-        if not FileSystems.exists(args.input):
+        if not exists(args.input):
             raise UsageError(f"--input {args.input} does not exist")
         name = os.path.splitext(os.path.basename(args.input))[0]
         sources = [Source(CHAT, name, args.input, args.images or os.path.dirname(args.input) or ".", (args.input,))]

@@ -1,5 +1,3 @@
-import json
-
 import pytest
 
 from formats.example import VQA, Example, Invalid
@@ -11,16 +9,10 @@ from formats.sources.vqa import (
     read_gqa,
     read_ocr_vqa,
     read_textvqa,
-    read_vg_qa,
     read_vqav2,
     vqav2_answer,
 )
-
-
-def write_json(path, data) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return str(path)
+from tests.files import write_json
 
 
 def answers(*pairs: tuple[str, str]) -> list[dict]:
@@ -102,36 +94,6 @@ def test_gqa_short_answers(tmp_path):
         Example(VQA, "gqa", "02930152", image="2354786.jpg", question="Is the sky dark?", text="yes"),
         Example(VQA, "gqa", "07333408", image="n161313.jpg", question="What is on the white wall?", text="pipe"),
         Invalid("gqa", "07333409", "malformed_record", "field 'answer' missing"),
-    ]
-
-
-def test_visual_genome_qa_image_folders_from_urls(tmp_path):
-    write_json(
-        tmp_path / "image_data.json",
-        [
-            {"width": 800, "url": "https://cs.stanford.edu/people/rak248/VG_100K_2/1.jpg", "height": 600, "image_id": 1, "coco_id": None, "flickr_id": None},
-            {"width": 500, "url": "https://cs.stanford.edu/people/rak248/VG_100K/2345.jpg", "height": 333, "image_id": 2345, "coco_id": 1234, "flickr_id": None},
-            {"width": 500, "height": 333, "image_id": 7},  # no url
-        ],
-    )
-    write_json(
-        tmp_path / "question_answers.json",
-        [
-            {"id": 1, "qas": [
-                {"a_objects": [], "question": "What color is the clock?", "image_id": 1, "qa_id": 986768, "answer": "Green.", "q_objects": []},
-                {"a_objects": [], "question": "What is the man holding?", "image_id": 1, "qa_id": 986769, "q_objects": []},
-            ]},
-            {"id": 2345, "qas": [{"question": "Where is the bus?", "image_id": 2345, "qa_id": 12, "answer": "On the street."}]},
-            {"id": 7, "qas": [{"question": "Who?", "image_id": 7, "qa_id": 13, "answer": "A man."}]},
-            {"id": 8},
-        ],
-    )
-    assert list(read_vg_qa(str(tmp_path))) == [
-        Example(VQA, "vg", "986768", image="VG_100K_2/1.jpg", width=800, height=600, question="What color is the clock?", text="Green."),
-        Invalid("vg", "986769", "malformed_record", "field 'answer' missing"),
-        Example(VQA, "vg", "12", image="VG_100K/2345.jpg", width=500, height=333, question="Where is the bus?", text="On the street."),
-        Invalid("vg", "13", "malformed_record", "image_id 7 in image_data.json: field 'url' missing"),
-        Invalid("vg", "question_answers.json:3", "malformed_record", "field 'qas' missing"),
     ]
 
 

@@ -9,7 +9,7 @@ take the data set's annotation file or folder as published.
 from collections.abc import Callable, Iterator
 
 from formats.example import CAPTION, GROUNDED_CAPTION, GROUNDING, OCR, REFERRING, TEXT, VQA
-from formats.sources import captions, grounding, ocr, refer, text, vqa
+from formats.sources import captions, grounding, ocr, refer, text, visual_genome, vqa
 
 # (task, format) -> converter(path)
 CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
@@ -17,7 +17,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
     (CAPTION, "curated"): captions.read_curated,
     (VQA, "vqav2"): vqa.read_vqav2,
     (VQA, "gqa"): vqa.read_gqa,
-    (VQA, "vg"): vqa.read_vg_qa,
+    (VQA, "vg"): visual_genome.read_vg_qa,
     (VQA, "dvqa"): vqa.read_dvqa,
     (VQA, "ocr-vqa"): vqa.read_ocr_vqa,
     (VQA, "docvqa"): vqa.read_docvqa,
@@ -30,7 +30,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
 }
 for _task in (REFERRING, GROUNDED_CAPTION):
     CONVERTERS[(_task, "grit")] = lambda path, task=_task: grounding.read_grit(path, task)
-    CONVERTERS[(_task, "vg")] = lambda path, task=_task: refer.read_vg(path, task)
+    CONVERTERS[(_task, "vg")] = lambda path, task=_task: visual_genome.read_vg(path, task)
     for _name in ("refcoco", "refcoco+", "refcocog"):
         CONVERTERS[(_task, _name)] = lambda path, task=_task: refer.read_refcoco(path, task)
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from formats.files import list_files, open_file
 from formats.example import CAPTION, Example, Invalid
 from formats.reasons import FILE_UNREADABLE, MALFORMED, UNSUPPORTED_LANGUAGE
-from formats.sources.common import Malformed, convert, error_text, get, ident, image_table, keyed, lookup, name, read_json, size, text
+from formats.sources.records import Malformed, convert_records, error_text, file_name, get_field, id_field, image_table, keyed, lookup, read_json, size_field, text_field
 
 COCO = "coco"
 CURATED = "curated"  # the source of an Invalid that no row's source names (an unreadable file)
@@ -32,17 +32,17 @@ def read_coco_captions(path: str) -> Iterator[Example | Invalid]:
         yield bad
         return
     try:
-        images, annotations = get(data, "images", list), get(data, "annotations", list)
+        images, annotations = get_field(data, "images", list), get_field(data, "annotations", list)
     except Malformed as e:
         yield Invalid(COCO, path, FILE_UNREADABLE, str(e))
         return
-    by_id = image_table(images, ("id",), lambda r: (text(r, "file_name"), size(r, "width"), size(r, "height")))
+    by_id = image_table(images, ("id",), lambda r: (text_field(r, "file_name"), size_field(r, "width"), size_field(r, "height")))
 
     def build(key, annotation):
-        file, width, height = lookup(by_id, get(annotation, "image_id", int), "images")
-        return Example(CAPTION, COCO, ident(annotation, "id"), image=file, width=width, height=height, text=text(annotation, "caption"))
+        file, width, height = lookup(by_id, get_field(annotation, "image_id", int), "images")
+        return Example(CAPTION, COCO, id_field(annotation, "id"), image=file, width=width, height=height, text=text_field(annotation, "caption"))
 
-    yield from convert(COCO, keyed(annotations, "id", name(path)), build)
+    yield from convert_records(COCO, keyed(annotations, "id", file_name(path)), build)
 
 
 def _curated_example(row: dict, where: str) -> Example | Invalid:
@@ -50,9 +50,9 @@ def _curated_example(row: dict, where: str) -> Example | Invalid:
     source = row.get("source") if isinstance(row.get("source"), str) else CURATED
     key = row.get("key") if isinstance(row.get("key"), str) else where
     try:
-        source, key = get(row, "source", str), get(row, "key", str)
-        image_bytes, caption = get(row, "image", bytes), text(row, "caption")
-        width, height = size(row, "width"), size(row, "height")
+        source, key = get_field(row, "source", str), get_field(row, "key", str)
+        image_bytes, caption = get_field(row, "image", bytes), text_field(row, "caption")
+        width, height = size_field(row, "width"), size_field(row, "height")
     except Malformed as e:
         return Invalid(source, key, MALFORMED, str(e))
     lang = row.get("lang")
@@ -69,7 +69,7 @@ def _curated_file(path: str) -> Iterator[Example | Invalid]:
             columns = [c for c in CURATED_COLUMNS if c in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 for row in batch.to_pylist():
-                    yield _curated_example(row, f"{name(path)}:{rows}")
+                    yield _curated_example(row, f"{file_name(path)}:{rows}")
                     rows += 1
     except Exception as e:  # pyarrow raises several types for a file that is not (or no longer) Parquet
         yield Invalid(CURATED, path, FILE_UNREADABLE, f"read {rows} rows, then {error_text(e)}")

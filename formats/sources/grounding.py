@@ -46,18 +46,16 @@ Tasks:
 import json
 from collections.abc import Iterable, Iterator
 
-import pyarrow.parquet as pq
-
 from formats.files import exists, open_file, tar_samples
 from formats.example import GROUNDED_CAPTION, GROUNDING, REFERRING, Example, Invalid, Region, Span
 from formats.reasons import DOWNLOAD_FAILED, FILE_UNREADABLE, IMAGE_SIZE_MISSING, MALFORMED, NO_REGIONS
-from formats.sources.common import Malformed, error_text, get, ident, name, size
+from formats.sources.img2dataset import parquet_batches, sidecar
+from formats.sources.records import Malformed, error_text, file_name, get_field, id_field, size_field
 from formats.sources.text import jsonl_records
 
 SOURCE = "grit"
 TASKS = (GROUNDING, REFERRING, GROUNDED_CAPTION)
 COLUMNS = ("key", "caption", "width", "height", "noun_chunks", "ref_exps", "status", "error_message", "jpg")
-BATCH_ROWS = 256
 
 
 Labels = dict[tuple[int, int], tuple[Region, ...]]  # (start, end) of the caption -> its boxes
@@ -116,7 +114,7 @@ def grit_examples(row, task: str, where: str, shard: str = "") -> Iterator[Examp
     """The examples of one GRIT row (a dict of its columns) for `task`, or one Invalid saying why there
     are none; `where` (FILE:ROW) keys a row without a key; `shard` names the img2dataset shard it is in."""
     try:
-        key = ident(row, "key")
+        key = id_field(row, "key")
     except Malformed as e:
         yield Invalid(SOURCE, where, MALFORMED, str(e))
         return
@@ -124,10 +122,10 @@ def grit_examples(row, task: str, where: str, shard: str = "") -> Iterator[Examp
         yield Invalid(SOURCE, key, DOWNLOAD_FAILED, f"{row.get('status')}: {row.get('error_message')}")
         return
     try:
-        caption = get(row, "caption", str)
+        caption = get_field(row, "caption", str)
         if not caption.strip():
             raise Malformed("field 'caption' is empty")
-        width, height = size(row, "width"), size(row, "height")
+        width, height = size_field(row, "width"), size_field(row, "height")
         if width is None or height is None:
             yield Invalid(SOURCE, key, IMAGE_SIZE_MISSING, f"width {row.get('width')!r}, height {row.get('height')!r}")
             return
@@ -156,15 +154,12 @@ def grit_examples(row, task: str, where: str, shard: str = "") -> Iterator[Examp
 
 
 def _parquet_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """(row number from 1, row) of a Parquet file, only the columns GRIT's rows use, 256 rows at a time."""
-    with open_file(path, compression=None) as f:
-        parquet = pq.ParquetFile(f)
-        columns = [c for c in parquet.schema_arrow.names if c in COLUMNS]
-        number = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            for row in batch.to_pylist():
-                number += 1
-                yield number, row
+    """(row number from 1, row) of a Parquet file, only the columns GRIT's rows use."""
+    number = 0
+    for batch in parquet_batches(path, COLUMNS):
+        for row in batch:
+            number += 1
+            yield number, row
 
 
 def _webdataset_rows(path: str) -> Iterator[tuple[int, dict | Malformed]]:
@@ -183,9 +178,8 @@ def _webdataset_rows(path: str) -> Iterator[tuple[int, dict | Malformed]]:
                 yield number, Malformed(f"sample {key}: no {key}.jpg")
                 continue
             yield number, {**row, "jpg": members["jpg"]} if isinstance(row, dict) else row
-    sidecar = path[: -len(".tar")] + ".parquet"
-    if exists(sidecar):
-        for _, row in _parquet_rows(sidecar):
+    if exists(sidecar(path)):
+        for _, row in _parquet_rows(sidecar(path)):
             if row.get("status") != "success":
                 number += 1
                 yield number, row
@@ -204,14 +198,14 @@ def _read_grit(path: str, task: str) -> Iterator[Example | Invalid]:
         rows = _webdataset_rows(path)
     else:
         rows = jsonl_records(path) if path.endswith(".jsonl") else _parquet_rows(path)
-    shard = name(path).rpartition(".")[0]
+    shard = file_name(path).rpartition(".")[0]
     count = 0
     try:
         for number, row in rows:
             count += 1
             if isinstance(row, Malformed):
-                yield Invalid(SOURCE, f"{name(path)}:{number}", MALFORMED, str(row))
+                yield Invalid(SOURCE, f"{file_name(path)}:{number}", MALFORMED, str(row))
             else:
-                yield from grit_examples(row, task, f"{name(path)}:{number}", shard)
+                yield from grit_examples(row, task, f"{file_name(path)}:{number}", shard)
     except Exception as e:  # pyarrow and tarfile raise several types for a file cut off or of another kind
         yield Invalid(SOURCE, path, FILE_UNREADABLE, f"read {count} rows, then {error_text(e)}")

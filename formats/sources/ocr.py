@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from formats.example import OCR, Example, Invalid, Region
 from formats.reasons import FILE_UNREADABLE, MALFORMED
-from formats.sources.common import Malformed, as_text, error_text, get, name, size, text
+from formats.sources.records import Malformed, error_text, file_name, get_field, item_text, size_field, text_field
 from formats.sources.text import jsonl_records, language, record_key
 
 
@@ -42,7 +42,7 @@ def ocr_line(line, where: str) -> tuple[str, Region]:
     """(text, region) of one entry of "lines"; `where` names it, e.g. "lines[2]"."""
     if not isinstance(line, dict):
         raise Malformed(f"{where}: expected an object, got {line!r}")
-    words = as_text(line.get("text"), f"{where}.text")
+    words = item_text(line.get("text"), f"{where}.text")
     if ("quad" in line) == ("box" in line):
         raise Malformed(f"{where}: needs exactly one of quad and box")
     if "box" in line:
@@ -55,8 +55,8 @@ def ocr_line(line, where: str) -> tuple[str, Region]:
 
 def ocr_example(record, source: str) -> Example:
     """The OCR example of one manifest record, or Malformed naming the field."""
-    image = text(record, "image")
-    lines = get(record, "lines", list)
+    image = text_field(record, "image")
+    lines = get_field(record, "lines", list)
     if not lines:
         raise Malformed("field 'lines' is empty")
     return Example(
@@ -65,8 +65,8 @@ def ocr_example(record, source: str) -> Example:
         record_key(record) or image,
         lang=language(record),
         image=image,
-        width=size(record, "width"),
-        height=size(record, "height"),
+        width=size_field(record, "width"),
+        height=size_field(record, "height"),
         lines=tuple(ocr_line(line, f"lines[{i}]") for i, line in enumerate(lines)),
     )
 
@@ -82,6 +82,6 @@ def read_ocr(path: str, source: str = "ocr") -> Iterator[Example | Invalid]:
                     raise record
                 yield ocr_example(record, source)
             except Malformed as e:
-                yield Invalid(source, f"{name(path)}:{number}", MALFORMED, str(e))
+                yield Invalid(source, f"{file_name(path)}:{number}", MALFORMED, str(e))
     except Exception as e:  # a file that cannot be opened or read
         yield Invalid(source, path, FILE_UNREADABLE, f"read {lines} lines, then {error_text(e)}")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from formats.files import open_file
 from formats.example import TEXT, Example, Invalid
 from formats.reasons import FILE_UNREADABLE, MALFORMED
-from formats.sources.common import Malformed, error_text, get, ident, name, text
+from formats.sources.records import Malformed, error_text, file_name, get_field, id_field, text_field
 
 TEXT_NOT_UTF8 = "text_not_utf8"
 LANGUAGES = ("en", "zh")
@@ -45,7 +45,7 @@ def language(record) -> str:
     """A record's optional "lang": en (the default) or zh."""
     if not isinstance(record, dict) or record.get("lang") is None:
         return "en"
-    lang = get(record, "lang", str)
+    lang = get_field(record, "lang", str)
     if lang not in LANGUAGES:
         raise Malformed(f"field 'lang' is {lang!r}, not one of {', '.join(LANGUAGES)}")
     return lang
@@ -55,7 +55,7 @@ def record_key(record) -> str | None:
     """A record's own key: its "key" field, else its "id", else None."""
     for field in ("key", "id"):
         if isinstance(record, dict) and record.get(field) is not None:
-            return ident(record, field)
+            return id_field(record, field)
     return None
 
 
@@ -67,7 +67,7 @@ def read_text(path: str, source: str = "text") -> Iterator[Example | Invalid]:
 
 
 def _read_txt(path: str, source: str) -> Iterator[Example | Invalid]:
-    key = name(path)
+    key = file_name(path)
     try:
         with open_file(path, compression=None) as f:
             data = f.read()
@@ -91,12 +91,12 @@ def _read_jsonl(path: str, source: str) -> Iterator[Example | Invalid]:
     try:
         for number, record in jsonl_records(path):
             lines += 1
-            where = f"{name(path)}:{number}"
+            where = f"{file_name(path)}:{number}"
             try:
                 if isinstance(record, Malformed):
                     raise record
                 key = record_key(record) or where
-                yield Example(TEXT, source, key, lang=language(record), text=text(record, "text"))
+                yield Example(TEXT, source, key, lang=language(record), text=text_field(record, "text"))
             except Malformed as e:
                 yield Invalid(source, where, MALFORMED, str(e))
     except Exception as e:  # a file that cannot be opened or read

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from formats.files import exists, join, list_files
 from formats.example import VQA, Example, Invalid
 from formats.reasons import FILE_UNREADABLE, MALFORMED
-from formats.sources.common import Malformed, as_text, convert, get, ident, image_table, keyed, lookup, name, read_json, size, text, texts, vg_image
+from formats.sources.records import Malformed, convert_records, file_name, get_field, id_field, item_text, keyed, read_json, size_field, text_field, text_list
 
-VQAV2, GQA, VG, DVQA, OCR_VQA = "vqav2", "gqa", "vg", "dvqa", "ocr-vqa"
+VQAV2, GQA, DVQA, OCR_VQA = "vqav2", "gqa", "dvqa", "ocr-vqa"
 DOCVQA, TEXTVQA, CHARTQA, AI2D = "docvqa", "textvqa", "chartqa", "ai2d"
 
 Result = Iterator[Example | Invalid]
@@ -44,11 +44,11 @@ def vqav2_answer(annotation) -> str:
     annotators were sure of (answer_confidence "yes", then "maybe"), then to multiple_choice_answer, then
     to the one given first. Without answers: multiple_choice_answer."""
     if not (isinstance(annotation, dict) and annotation.get("answers")):
-        return text(annotation, "multiple_choice_answer")
+        return text_field(annotation, "multiple_choice_answer")
     tally: dict[str, list[int]] = {}  # answer -> [given by, sure ("yes"), fairly sure ("maybe")]
-    for i, entry in enumerate(get(annotation, "answers", list)):
+    for i, entry in enumerate(get_field(annotation, "answers", list)):
         try:
-            answer = text(entry, "answer")
+            answer = text_field(entry, "answer")
         except Malformed as e:
             raise Malformed(f"answers[{i}]: {e}") from None
         counts = tally.setdefault(answer, [0, 0, 0])
@@ -84,16 +84,16 @@ def read_vqav2(path: str, split: str = "train2014") -> Result:
     by_question = {a.get("question_id"): a for a in annotations if isinstance(a, dict)}
 
     def build(key, question):
-        question_id = get(question, "question_id", int)
+        question_id = get_field(question, "question_id", int)
         if question_id not in by_question:
-            raise Malformed(f"question_id {question_id}: no annotation in {name(annotations_file)}")
-        image = f"COCO_{split}_{get(question, 'image_id', int):012d}.jpg"
-        return Example(VQA, VQAV2, str(question_id), image=image, question=text(question, "question"), text=vqav2_answer(by_question[question_id]))
+            raise Malformed(f"question_id {question_id}: no annotation in {file_name(annotations_file)}")
+        image = f"COCO_{split}_{get_field(question, 'image_id', int):012d}.jpg"
+        return Example(VQA, VQAV2, str(question_id), image=image, question=text_field(question, "question"), text=vqav2_answer(by_question[question_id]))
 
-    yield from convert(VQAV2, keyed(questions, "question_id", name(questions_file)), build)
+    yield from convert_records(VQAV2, keyed(questions, "question_id", file_name(questions_file)), build)
 
 
-# --- GQA, Visual Genome, DVQA --------------------------------------------------------------------
+# --- GQA, DVQA ----------------------------------------------------------------------------------
 
 
 def read_gqa(path: str) -> Result:
@@ -107,38 +107,10 @@ def read_gqa(path: str) -> Result:
         return
 
     def build(key, question):
-        image = f"{text(question, 'imageId')}.jpg"
-        return Example(VQA, GQA, key, image=image, question=text(question, "question"), text=text(question, "answer"))
+        image = f"{text_field(question, 'imageId')}.jpg"
+        return Example(VQA, GQA, key, image=image, question=text_field(question, "question"), text=text_field(question, "answer"))
 
-    yield from convert(GQA, keyed(questions, None, name(path)), build)
-
-
-def read_vg_qa(path: str) -> Result:
-    """Visual Genome QA (visualgenome.org; the visual_genome_python_driver's local.py and utils.py): in
-    the folder `path`, question_answers.json ([{id (the image), qas: [{qa_id, image_id, question, answer,
-    q_objects, a_objects}]}]) and image_data.json ([{image_id (id before v1.2), url, width, height, coco_id,
-    flickr_id}]). The images unzip into VG_100K/ (images.zip) and VG_100K_2/ (images2.zip) and only the url
-    (https://cs.stanford.edu/people/rak248/VG_100K_2/1.jpg) says which: the image is the url's last two
-    parts, "VG_100K_2/1.jpg", relative to the folder holding both; width and height from image_data.json.
-    Answers are kept as written (they often end with a period: "Green.")."""
-    image_data, bad = read_json(VG, join(path, "image_data.json"), list)
-    entries, bad_qas = read_json(VG, join(path, "question_answers.json"), list)
-    if bad or bad_qas:
-        yield from (b for b in (bad, bad_qas) if b)
-        return
-    images = image_table(image_data, ("image_id", "id"), vg_image)
-
-    def build(key, qa):
-        file, width, height = lookup(images, get(qa, "image_id", int), "image_data.json")
-        return Example(VQA, VG, ident(qa, "qa_id"), image=file, width=width, height=height, question=text(qa, "question"), text=text(qa, "answer"))
-
-    for index, entry in enumerate(entries):
-        try:
-            qas = get(entry, "qas", list)
-        except Malformed as e:
-            yield Invalid(VG, f"question_answers.json:{index}", MALFORMED, str(e))
-            continue
-        yield from convert(VG, keyed(qas, "qa_id", f"question_answers.json:{index}"), build)
+    yield from convert_records(GQA, keyed(questions, None, file_name(path)), build)
 
 
 def read_dvqa(path: str) -> Result:
@@ -151,9 +123,9 @@ def read_dvqa(path: str) -> Result:
         return
 
     def build(key, r):
-        return Example(VQA, DVQA, ident(r, "question_id"), image=text(r, "image"), question=text(r, "question"), text=text(r, "answer"))
+        return Example(VQA, DVQA, id_field(r, "question_id"), image=text_field(r, "image"), question=text_field(r, "question"), text=text_field(r, "answer"))
 
-    yield from convert(DVQA, keyed(records, "question_id", name(path)), build)
+    yield from convert_records(DVQA, keyed(records, "question_id", file_name(path)), build)
 
 
 # --- OCR-VQA, DocVQA, TextVQA, ChartQA -----------------------------------------------------------
@@ -174,12 +146,12 @@ def read_ocr_vqa(path: str, split: str | None = "train") -> Result:
         return
     for book, record in books.items():
         try:
-            if split is not None and get(record, "split", int) != OCR_VQA_SPLITS[split]:
+            if split is not None and get_field(record, "split", int) != OCR_VQA_SPLITS[split]:
                 continue
-            extension = posixpath.splitext(text(record, "imageURL"))[1]
+            extension = posixpath.splitext(text_field(record, "imageURL"))[1]
             if not extension:
                 raise Malformed("field 'imageURL' has no file extension")
-            questions, answers = get(record, "questions", list), get(record, "answers", list)
+            questions, answers = get_field(record, "questions", list), get_field(record, "answers", list)
             if len(questions) != len(answers):
                 raise Malformed(f"fields 'questions' and 'answers' differ in length: {len(questions)} and {len(answers)}")
         except Malformed as e:
@@ -189,9 +161,9 @@ def read_ocr_vqa(path: str, split: str | None = "train") -> Result:
 
         def build(key, qa, image=book + extension):
             i, question, answer = qa
-            return Example(VQA, OCR_VQA, key, image=image, question=as_text(question, f"questions[{i}]"), text=as_text(answer, f"answers[{i}]"))
+            return Example(VQA, OCR_VQA, key, image=image, question=item_text(question, f"questions[{i}]"), text=item_text(answer, f"answers[{i}]"))
 
-        yield from convert(OCR_VQA, pairs, build)
+        yield from convert_records(OCR_VQA, pairs, build)
 
 
 def read_docvqa(path: str) -> Result:
@@ -206,9 +178,9 @@ def read_docvqa(path: str) -> Result:
         return
 
     def build(key, r):
-        return Example(VQA, DOCVQA, ident(r, "questionId"), image=text(r, "image"), question=text(r, "question"), text=texts(r, "answers")[0])
+        return Example(VQA, DOCVQA, id_field(r, "questionId"), image=text_field(r, "image"), question=text_field(r, "question"), text=text_list(r, "answers")[0])
 
-    yield from convert(DOCVQA, keyed(records, "questionId", name(path)), build)
+    yield from convert_records(DOCVQA, keyed(records, "questionId", file_name(path)), build)
 
 
 def read_textvqa(path: str) -> Result:
@@ -223,12 +195,12 @@ def read_textvqa(path: str) -> Result:
         return
 
     def build(key, r):
-        [(answer, _)] = Counter(texts(r, "answers")).most_common(1)  # equal counts keep first-seen order
-        image = f"{text(r, 'image_id')}.jpg"
-        width, height = size(r, "image_width"), size(r, "image_height")
-        return Example(VQA, TEXTVQA, ident(r, "question_id"), image=image, width=width, height=height, question=text(r, "question"), text=answer)
+        [(answer, _)] = Counter(text_list(r, "answers")).most_common(1)  # equal counts keep first-seen order
+        image = f"{text_field(r, 'image_id')}.jpg"
+        width, height = size_field(r, "image_width"), size_field(r, "image_height")
+        return Example(VQA, TEXTVQA, id_field(r, "question_id"), image=image, width=width, height=height, question=text_field(r, "question"), text=answer)
 
-    yield from convert(TEXTVQA, keyed(records, "question_id", name(path)), build)
+    yield from convert_records(TEXTVQA, keyed(records, "question_id", file_name(path)), build)
 
 
 def read_chartqa(path: str) -> Result:
@@ -241,9 +213,9 @@ def read_chartqa(path: str) -> Result:
         return
 
     def build(key, r):
-        return Example(VQA, CHARTQA, key, image=text(r, "imgname"), question=text(r, "query"), text=text(r, "label"))
+        return Example(VQA, CHARTQA, key, image=text_field(r, "imgname"), question=text_field(r, "query"), text=text_field(r, "label"))
 
-    yield from convert(CHARTQA, keyed(records, None, posixpath.splitext(name(path))[0]), build)
+    yield from convert_records(CHARTQA, keyed(records, None, posixpath.splitext(file_name(path))[0]), build)
 
 
 # --- AI2D ----------------------------------------------------------------------------------------
@@ -260,14 +232,14 @@ def ai2d_question(question: str, options: list[str]) -> str:
 
 
 def _ai2d_example(r: dict, image: str) -> Example:
-    options = texts(r, "answerTexts")
+    options = text_list(r, "answerTexts")
     if len(options) > len(LETTERS):
         raise Malformed(f"field 'answerTexts' holds {len(options)} options, more than there are letters")
-    correct = get(r, "correctAnswer", int)
+    correct = get_field(r, "correctAnswer", int)
     if not 0 <= correct < len(options):
         raise Malformed(f"field 'correctAnswer' is {correct}, not an index of the {len(options)} answerTexts")
-    question = ai2d_question(text(r, "question"), options)
-    return Example(VQA, AI2D, text(r, "questionId"), image=image, question=question, text=LETTERS[correct])
+    question = ai2d_question(text_field(r, "question"), options)
+    return Example(VQA, AI2D, text_field(r, "questionId"), image=image, question=question, text=LETTERS[correct])
 
 
 def read_ai2d(path: str) -> Result:
@@ -286,9 +258,9 @@ def read_ai2d(path: str) -> Result:
             yield bad
             continue
         try:
-            image, questions = text(record, "imageName"), get(record, "questions", dict)
+            image, questions = text_field(record, "imageName"), get_field(record, "questions", dict)
         except Malformed as e:
-            yield Invalid(AI2D, name(file), MALFORMED, str(e))
+            yield Invalid(AI2D, file_name(file), MALFORMED, str(e))
             continue
         entries = [{**entry, "question": question} if isinstance(entry, dict) else entry for question, entry in questions.items()]
-        yield from convert(AI2D, keyed(entries, "questionId", name(file)), lambda key, r: _ai2d_example(r, image))
+        yield from convert_records(AI2D, keyed(entries, "questionId", file_name(file)), lambda key, r: _ai2d_example(r, image))

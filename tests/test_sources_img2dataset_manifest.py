@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from formats import reasons
-from pipelines.readers import read_img2dataset_parquet, read_manifest, read_webdataset
+from formats.sources.img2dataset import read_img2dataset_parquet, read_webdataset
+from formats.sources.manifest import read_manifest
 
 
 def jpeg(width=320, height=240) -> bytes:
