@@ -7,8 +7,9 @@ multi-processing on every core), samples the proportional set size (PSS) of the 
 prints pairs/s, pairs/s per core and peak memory. The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
 shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
-without reading or decoding, are what issue 2's 2,000 pairs/s per core target is about). The peer Data-Juicer's figure on this kind of machine
-(MEASUREMENTS.md: 86-90 pairs/s per core for an equivalent recipe) is printed beside it for reference.
+without reading or decoding, are what the 2,000 pairs/s per core target is about). The peer Data-Juicer's
+figure on this kind of machine (86-90 pairs/s per core for an equivalent recipe, measured with
+Data-Juicer 1.6.1 on 20,000 pairs; BENCHMARKS.md) is printed beside it for reference.
 """
 
 import argparse
@@ -31,7 +32,7 @@ from filters.curate import first_reject  # noqa: E402
 from formats.sources.img2dataset import read_webdataset  # noqa: E402
 from synthetic.raw_corpus import make_sample  # noqa: E402
 
-DATA_JUICER_PAIRS_PER_CORE = 86  # MEASUREMENTS.md, same kind of machine, 20,000 pairs
+DATA_JUICER_PAIRS_PER_CORE = 86  # Data-Juicer on the same kind of machine, 20,000 pairs (BENCHMARKS.md)
 
 
 def corpus(workdir: Path, pairs: int) -> Path:

@@ -1,4 +1,4 @@
-"""CLIP score of an image-text pair with open_clip (issue 3, step 4): plain torch, no Beam.
+"""CLIP score of an image-text pair with open_clip: plain torch, no Beam.
 
 The score is the cosine similarity of the L2-normalised image and text embeddings, a float in [-1, 1]: not
 multiplied by the model's logit_scale and not x100. LAION-400M's threshold of 0.28 for ViT-B-32 is on this
@@ -12,7 +12,7 @@ folder (open_clip 3.3's layout: open_clip_config.json and open_clip_model.safete
 `save_random_model`, which describe() marks random_weights with a note that its scores mean nothing.
 
 Precision: bf16 by default on CUDA (open_clip's "bf16": the model cast to bf16 with its layer norms
-computing in fp32, the OpenAI recipe; issue 3 reports a bf16 model 40% faster than autocast on an H100),
+computing in fp32, the OpenAI recipe, which runs faster than autocast; bench/clip_score.py measures it),
 fp32 on CPU. The embeddings are normalised and compared in fp32.
 """
 

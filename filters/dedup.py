@@ -1,4 +1,4 @@
-"""Near-duplicate images by 64-bit pHash, found without comparing all pairs (issue 3, step 3b): plain numpy.
+"""Near-duplicate images by 64-bit pHash, found without comparing all pairs: plain numpy.
 
 Pigeonhole: two hashes within Hamming distance k agree exactly on at least one of k+1 disjoint bands of
 their bits. Inside such a band's bucket the other bits still differ in at most k places, so splitting
@@ -336,7 +336,11 @@ def _smallest_linked(n: int, edges: np.ndarray) -> np.ndarray:
 
 def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
     """A group label per hash: equal labels are exact or near duplicates (chains of pairs within k).
-    Labels count 0, 1, ... in the order of each group's smallest hash."""
+    Labels count 0, 1, ... in the order of each group's smallest hash.
+
+    The reference implementation of the whole search in one process, which the product does not call: the
+    pipeline spreads the same search over workers with bucket_keys, bucket_pairs and component_roots
+    (pipelines/find_duplicates.py); the tests and bench/dedup.py use this one as the ground truth."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     values, positions = _sort_with_positions(hashes)
     first, nodes, edges = _sorted_pairs_of(values, k, None)

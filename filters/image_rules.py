@@ -1,5 +1,5 @@
 """Image rules of the Qwen-VL stage-1 recipe: decodable, not a decompression bomb, large enough, not too
-elongated (QWEN_VL_SPEC section 1, rules 1 and 2).
+elongated (the Qwen-VL paper's cleaning of pre-training data, §3.1 and its appendix; docs/recipe.md).
 
 `check_header` reads the header only (format and size, no pixels), so a bomb or a tiny image is rejected
 without decoding. `decode_phash` decodes an image that passed, once, to prove its bytes are whole: JPEGs with

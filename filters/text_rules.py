@@ -1,4 +1,5 @@
-"""Caption rules of the Qwen-VL stage-1 recipe (QWEN_VL_SPEC section 1): two cleaning steps and the drops.
+"""Caption rules of the Qwen-VL stage-1 recipe (Qwen-VL paper §3.1 and its appendix;
+docs/recipe.md): two cleaning steps and the drops.
 
 Cleaning rewrites the caption and keeps the pair:
 - `clean_html`: comments, scripts and styles go with their content; other tags go (block tags leave a

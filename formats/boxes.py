@@ -1,4 +1,4 @@
-"""Boxes and quads from a data set's pixels to Qwen-VL's [0, 1000) integer grid (QWEN_VL_SPEC section 2).
+"""Boxes and quads from a data set's pixels to Qwen-VL's [0, 1000) integer grid (Qwen-VL paper §2.2).
 
 A coordinate is the pixel value divided by the image width (x) or height (y), times 1000. Rounding is
 one rule everywhere: floor, clamped to 0..999 (so x = width, the right edge, is 999). A float is taken
@@ -72,14 +72,6 @@ def _check_numbers(values, count: int, what: str) -> None:
         raise BoxError(BOX_MALFORMED, f"{what} needs {count} numbers, got {values!r}")
     if not all(math.isfinite(v) for v in values):
         raise BoxError(BOX_NOT_FINITE, _nums(values))
-
-
-def xywh_to_xyxy(box) -> tuple[float, float, float, float]:
-    """A box written as x, y, width, height (COCO's `bbox`, Visual Genome's x/y/w/h) as x1, y1, x2, y2."""
-    if len(box) != 4:
-        raise BoxError(BOX_MALFORMED, f"box needs 4 numbers, got {box!r}")
-    x, y, w, h = box
-    return (x, y, x + w, y + h)
 
 
 def normalize_box(box, width: int, height: int) -> NormBox:

@@ -1,4 +1,4 @@
-"""Stage-3 conversations in ChatML (QWEN_VL_SPEC section 6; Qwen-VL's finetune.py and its README).
+"""Stage-3 conversations in ChatML (Qwen-VL's finetune.py and its README; docs/recipe.md).
 
 The input is one record of the public fine-tuning JSON list, images inline in the user's text:
 

@@ -7,7 +7,7 @@ record they cannot use (a malformed line, a missing field): one bad record never
 
 from dataclasses import dataclass
 
-# The seven stage-2 tasks (QWEN_VL_SPEC.md, Table 3), by the names the command line uses.
+# The seven stage-2 tasks (Qwen-VL paper, Table 3), by the names the command line uses.
 CAPTION = "caption"  # captioning
 VQA = "vqa"  # visual question answering
 GROUNDING = "grounding"  # caption with grounding: phrases of the caption tied to boxes

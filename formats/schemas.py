@@ -1,4 +1,4 @@
-"""The Parquet schemas the pipelines write and the trainer reads (DESIGN.md, data contracts)."""
+"""The Parquet schemas the pipelines write and the trainer reads: the contract between the stages."""
 
 import pyarrow as pa
 

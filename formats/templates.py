@@ -1,4 +1,4 @@
-"""The seven stage-2 task formats (QWEN_VL_SPEC section 2, from the paper's appendix examples).
+"""The seven stage-2 task formats (Qwen-VL paper §3.2, from the appendix's examples).
 
 `render(example)` turns a normalized Example (formats/boxes.py) into segments of text, each with
 whether it is supervised: the prompt (not supervised), then the target, which ends with <|endoftext|>.
@@ -15,12 +15,12 @@ expands it later.
 | ocr | `<img>P</img>OCR with grounding:` | `<ref>LINE</ref><quad>..</quad><ref>LINE</ref><box>..</box>...<eos>` |
 | text | (none) | `DOCUMENT<eos>`: the whole document supervised |
 
-Decisions where the spec leaves them open:
+Decisions where the paper leaves them open:
 - Whitespace is the table's: an instruction ends with its colon and no space; a target that continues
   the text starts with one space (caption, vqa, grounding, grounded_caption); tags abut with no space
   (`</ref><box>`, `</quad><ref>`), and OCR lines follow each other with nothing between them. A
   referring or OCR target starts with its first tag, no space.
-- Chinese (lang "zh"): the instructions stay English and name the language, as the spec's one fact
+- Chinese (lang "zh"): the instructions stay English and name the language, as the paper's one example
   ("Generate the caption in Chinese:") does: `Generate the caption in Chinese:`, `Generate the caption
   in Chinese with grounding:`; `Answer:` and `OCR with grounding:` are the same in both languages, and
   the target still starts with one space after the colon. Grounded captioning is the start of a

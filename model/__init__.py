@@ -1,1 +1,1 @@
-"""The Qwen-VL model and its trainer (planned: issue 5). Reads only the Parquet the pipelines write."""
+"""The Qwen-VL model and its trainer. Reads only the Parquet the pipelines write."""

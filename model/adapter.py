@@ -1,4 +1,4 @@
-"""The position-aware vision-language adapter (QWEN_VL_SPEC section 4; Qwen-VL's `Resampler` + its
+"""The position-aware vision-language adapter (Qwen-VL paper §2.1; visual.py's `Resampler` + its
 `ln_post`/`proj`): 256 learned queries cross-attend once to the ViT's patch tokens.
 
     kv   = ln_kv(kv_proj(patch_tokens))                 # vision width -> LLM hidden, no bias

@@ -1,4 +1,6 @@
-"""Model sizes and training-stage presets (QWEN_VL_SPEC sections 4 and 5), as plain dataclasses.
+"""Model sizes and training-stage presets, as plain dataclasses: the paper's model (Qwen-VL, arXiv
+2308.12966, §2.1) and its three stages (§3 and the appendix's hyperparameter table); docs/recipe.md
+lists them.
 
 Model presets: `tiny` (CPU tests, seconds), `small` (about 2B: a ViT-L/14-sized encoder and a 1.8B
 Qwen-sized LLM, for one GPU), `qwen-vl` (the paper's 9.6B: ViT-bigG/14 + Qwen-7B). Stage presets: what
@@ -74,7 +76,7 @@ VISION, ADAPTER, LLM = "vision", "adapter", "llm"  # the parts a stage trains or
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One training stage (QWEN_VL_SPEC section 5)."""
+    """One training stage: what it trains, its image size and sequence, and its optimizer schedule."""
 
     stage: int
     trainable: tuple[str, ...]

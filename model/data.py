@@ -6,7 +6,7 @@ resumable, that read what the pipelines write (formats/schemas.py) and never imp
     stage 2   PackedStream(files, stage=2)  packed/*.parquet (PACKED) as written, images at 448
     stage 3   PackedStream(files, stage=3)  the sft output's packed/*.parquet, the same way
 
-`stage_stream(stage, files)` picks the class; `parquet_files(path)` lists a folder's *.parquet files.
+`stage_stream(stage, files)` picks the class (model/train.py's `data_files` lists the files).
 
 Items. Each item is a dict: input_ids, labels, loss_mask, doc_ids, position_ids (int64, [T] each),
 images ([n_img, 3, S, S] float32, n_img >= 0, in the order of the sequence's <img> spans), uid (str),
@@ -23,7 +23,7 @@ shift of its own; it is exactly the selection of model/llm.py's `QwenLM.loss` (s
 which takes input_ids, loss_mask and doc_ids instead: use either, they agree. A document's first token
 is never a target (nothing of its own document precedes it).
 
-Stage 1 rendering (DESIGN.md: "caption format built on the fly at 224 px and sequence 512"): a curated
+Stage 1 rendering (the caption format built on the fly, at 224 px and sequence 512): a curated
 row becomes Example(CAPTION, text=caption, lang=lang) -> formats.templates.render -> tokenizer
 encode_segments: `<img>`, 256 `<imgpad>`, `</img>`, `Generate the caption in English:` (Chinese for
 lang "zh"), all with loss mask 0, then ` CAPTION<|endoftext|>` with mask 1. One sample per row, never
@@ -44,7 +44,7 @@ does not decode is skipped as "bad_image".
 
 Images are decoded and preprocessed where items are made (in the DataLoader workers): PIL decode,
 convert("RGB"), resize straight to S x S (no crop, no aspect kept) bicubic, /255, CLIP mean and std
-(QWEN_VL_SPEC section 4): model/vision.py's `preprocess`, the one transform of the project.
+(Qwen-VL's visual.py): model/vision.py's `preprocess`, the one transform of the project.
 
 Sharding. The unit is one row group of one file: the files are sorted by path and their non-empty row
 groups numbered in order (unit ids); with `unit_rows`, a row group of more rows is cut into units of
@@ -98,7 +98,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from formats.example import CAPTION, Example
-from formats.files import is_dir, list_files, open_file
+from formats.files import open_file
 from formats.templates import check, render
 from formats.tokenizer import IMG_ID, PAD_ID, QwenTokenizer
 from model.config import STAGES, StageConfig
@@ -150,11 +150,6 @@ def collate(items: list[dict]) -> dict:
     batch["position"] = items[-1]["position"]
     batch["skipped"] = items[-1]["skipped"]
     return batch
-
-
-def parquet_files(path: str) -> list[str]:
-    """The *.parquet files directly in a folder (sorted), or [path] for a file."""
-    return list_files(path, "*.parquet") if is_dir(path) else [path]
 
 
 def _stage(stage: StageConfig | int) -> StageConfig:

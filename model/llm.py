@@ -301,7 +301,8 @@ def hf_qwen_key(name: str) -> str | None:
 
 
 def to_hf_qwen_key(name: str) -> str:
-    """The inverse: this module's parameter name -> the HF Qwen key (for exporting)."""
+    """The inverse of hf_qwen_key: this module's parameter name -> the HF Qwen key. Not used by the product
+    (which only imports HF checkpoints); the tests write their HF-layout checkpoints with it."""
     return name if name == "lm_head.weight" else "transformer." + name
 
 

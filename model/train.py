@@ -86,6 +86,7 @@ import torch
 import torch.distributed as dist
 
 from cli.usage import ArgumentParser, UsageError
+from formats.files import exists, is_dir, list_files
 from model import checkpoint
 from model.config import ADAPTER, LLM, PRESETS, STAGES, VISION, ModelConfig, StageConfig
 from model.llm import supervised_targets
@@ -203,8 +204,6 @@ def read_toml(path: str) -> dict:
 
 def data_files(specs: list[str]) -> list[str]:
     """Parquet files of each --data spec (a folder, a file, or a glob), sorted, duplicates dropped."""
-    from formats.files import exists, is_dir, list_files
-
     files: set[str] = set()
     for spec in specs:
         if any(c in spec for c in "*?["):
@@ -409,10 +408,8 @@ def load_init_weights(model: TrainModel, cfg: RunConfig) -> list[str]:
     wanted = [(k, getattr(cfg, k)) for k in ("init", "init_qwen_vl", "init_vision", "init_llm") if getattr(cfg, k)]
     if not wanted:
         return []
-    try:
-        from model import weights
-    except ImportError as e:  # model/weights.py is written separately
-        raise UsageError(f"--{wanted[0][0].replace('_', '-')} needs model/weights.py, which cannot be imported ({e})") from None
+    from model import weights
+
     loaders = {"init": "load_own", "init_qwen_vl": "load_qwen_vl", "init_vision": "load_openclip_vision", "init_llm": "load_hf_qwen_llm"}
     reports = []
     for key, path in wanted:

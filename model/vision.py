@@ -1,4 +1,4 @@
-"""The ViT image encoder (QWEN_VL_SPEC section 4): open_clip's VisionTransformer, used without a class token.
+"""The ViT image encoder (Qwen-VL paper §2.1; its visual.py): open_clip's VisionTransformer, used without a class token.
 
 Qwen-VL initialises its ViT from OpenCLIP's ViT-bigG/14 and feeds *all* patch tokens (no class token,
 no final LayerNorm, no projection) to the adapter. Here the trunk is open_clip's own

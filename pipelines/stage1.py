@@ -1,4 +1,4 @@
-"""Stage 1 on Beam: raw pairs -> curated/ and rejected/ Parquet and report.json (DESIGN.md, contracts).
+"""Stage 1 on Beam: raw pairs -> curated/ and rejected/ Parquet and report.json.
 
     python beam_runner.py stage1 --input laion-en=/data/laion-en/ --input cc12m=/data/cc12m/*.tar \\
         --output /data/stage1 [--config my.toml] [Beam options, e.g. --runner DataflowRunner ...]

@@ -11,9 +11,10 @@ from formats.boxes import (
     normalize_box,
     normalize_example,
     normalize_quad,
-    xywh_to_xyxy,
 )
 from formats.example import Example, Invalid, Region, Span
+from formats.sources.records import Malformed
+from formats.sources.refer import xywh_region
 
 W, H = 640, 480
 
@@ -71,19 +72,24 @@ def test_bad_boxes(box, reason, detail):
     assert (e.value.reason, e.value.detail) == (reason, detail)
 
 
+def xyxy(values) -> tuple:
+    return xywh_region(values, "bbox").box
+
+
 def test_xywh():
-    assert xywh_to_xyxy((141, 64, 45, 32)) == (141, 64, 186, 96)  # Visual Genome x, y, w, h
-    assert xywh_to_xyxy([10.5, 20.25, 100.0, 50.5]) == (10.5, 20.25, 110.5, 70.75)  # COCO bbox
-    assert normalize_box(xywh_to_xyxy((141, 64, 45, 32)), 800, 600) == (176, 106, 232, 160)
+    assert xyxy((141, 64, 45, 32)) == (141, 64, 186, 96)  # Visual Genome x, y, w, h
+    assert xyxy([10.5, 20.25, 100.0, 50.5]) == (10.5, 20.25, 110.5, 70.75)  # COCO bbox
+    assert normalize_box(xyxy((141, 64, 45, 32)), 800, 600) == (176, 106, 232, 160)
     with pytest.raises(BoxError) as e:
-        normalize_box(xywh_to_xyxy((10, 10, 0, 5)), W, H)  # Visual Genome has zero-width objects
+        normalize_box(xyxy((10, 10, 0, 5)), W, H)  # Visual Genome has zero-width objects
     assert e.value.reason == "box_degenerate"
     with pytest.raises(BoxError) as e:
-        normalize_box(xywh_to_xyxy((10, 10, -3, 5)), W, H)
+        normalize_box(xyxy((10, 10, -3, 5)), W, H)
     assert e.value.reason == "box_inverted"
-    with pytest.raises(BoxError) as e:
-        xywh_to_xyxy((1, 2, 3))
-    assert e.value.reason == "box_malformed"
+    with pytest.raises(Malformed, match=r"^bbox: expected \[x, y, width, height\], got \(1, 2, 3\)$"):
+        xyxy((1, 2, 3))
+    with pytest.raises(Malformed, match=r"^bbox: expected 4 numbers, got \[1, 2, 3, True\]$"):
+        xyxy((1, 2, 3, True))
 
 
 SYNTHDOG_QUAD = ((727.1, 116.5), (800, 126), (799, 175), (726, 165.5))  # clockwise from the top-left

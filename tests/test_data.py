@@ -26,9 +26,9 @@ from model.data import (
     collate,
     decode_image,
     next_token_labels,
-    parquet_files,
     stage_stream,
 )
+from model.llm import supervised_targets_mask
 from model.vision import CLIP_MEAN, CLIP_STD
 
 IMAGE_IDS = [IMG_ID] + [IMGPAD_ID] * 256 + [IMG_END_ID]
@@ -185,8 +185,7 @@ def test_labels_never_cross_documents():
     doc = torch.tensor([0, 0, 0, 1, 1, 1, -1, -1])
     # token 3 (doc 1's first, supervised) is not predicted from doc 0's last token
     assert next_token_labels(ids, mask, doc).tolist() == [2, 3, -100, 5, 6, -100, -100, -100]
-    llm = pytest.importorskip("model.llm")  # the same selection as the LLM's own loss
-    sel = llm.supervised_targets_mask(mask[None], doc[None])[0]
+    sel = supervised_targets_mask(mask[None], doc[None])[0]  # the same selection as the LLM's own loss
     assert (next_token_labels(ids, mask, doc)[:-1] != IGNORE_INDEX).tolist() == sel.tolist()
 
 
@@ -348,10 +347,3 @@ def test_caption_stream_resume_with_workers(tmp_path):
     resumed = make()
     resumed.load_state_dict(first.state_dict())
     assert [b["uid"] for b in itertools.islice(loader(resumed), 6)] == full[3:]
-
-
-def test_parquet_files(tmp_path):
-    files = text_packed_files(tmp_path, n_files=2)
-    (tmp_path / "notes.txt").write_text("x")
-    assert parquet_files(str(tmp_path)) == sorted(files)
-    assert parquet_files(files[0]) == [files[0]]

@@ -2,13 +2,14 @@ import dataclasses
 
 import pytest
 
-from formats.boxes import normalize_example, xywh_to_xyxy
+from formats.boxes import normalize_example
+from formats.sources.refer import xywh_region
 from formats.example import Example, Invalid, Region, Span
 from formats.templates import check, render
 
 EOS = "<|endoftext|>"
 
-# The spec's table (QWEN_VL_SPEC section 2), from examples in pixels that normalize to its integers.
+# The paper's appendix examples (Qwen-VL, arXiv 2308.12966), from examples in pixels that normalize to its integers.
 GRIT_TEXT = "Beautiful shot of bees gathering nectars from an apricot flower"
 _BEES, _FLOWER = GRIT_TEXT.index("bees"), GRIT_TEXT.index("an apricot flower")
 TABLE = [
@@ -72,7 +73,7 @@ TABLE = [
             "3",
             image="VG_100K_2/3.jpg",
             text="the ear on a giraffe",
-            regions=(Region(box=xywh_to_xyxy((141, 64, 45, 32))),),  # Visual Genome writes x, y, w, h
+            regions=(xywh_region((141, 64, 45, 32), "x, y, width, height"),),  # Visual Genome writes x, y, w, h
         ),
         (800, 600),
         "<img>VG_100K_2/3.jpg</img><ref>the ear on a giraffe</ref>",

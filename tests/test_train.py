@@ -398,3 +398,15 @@ def test_existing_checkpoint_needs_resume_and_a_matching_config(packed, referenc
         2,
         f"error: cannot resume from {reference / 'step-6'}: it was trained with another seed 0 -> 1",
     )
+
+
+def test_data_files_of_folders_files_and_globs(tmp_path):
+    for name in ("a/1.parquet", "a/2.parquet", "a/notes.txt", "b/3.parquet"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train.data_files([str(a)]) == [str(a / "1.parquet"), str(a / "2.parquet")]
+    assert train.data_files([str(a / "2.parquet"), str(tmp_path / "*" / "*.parquet")]) == [
+        str(a / "1.parquet"), str(a / "2.parquet"), str(b / "3.parquet")]  # sorted, each once
+    with pytest.raises(train.UsageError, match=r"^--data .*nothing\.parquet: no Parquet files match$"):
+        train.data_files([str(a / "nothing.parquet")])

@@ -29,7 +29,7 @@ Every row becomes:
 
 Tasks:
 - grounding: the caption, with a span for each label kept by `drop_nested_spans`, which applies
-  Qwen-VL's GRIT rule (QWEN_VL_SPEC section 2, from the paper's appendix: a greedy clean-up so that each
+  Qwen-VL's GRIT rule (the paper's appendix on multi-task data: a greedy clean-up so that each
   image keeps the most box labels with no recursive ones). A label is a phrase of the caption with its
   boxes, as the caption shows it: <ref>phrase</ref><box>...</box>. The candidates are all of GRIT's:
   noun chunks and referring expressions, which contain their chunk ("a wire hanger with a paper cover"

@@ -1,7 +1,7 @@
 """OCR with grounding: a JSONL manifest of text lines and where they are -> OCR examples.
 
 No public data set ships quadrilateral line labels in one common layout (SynthDoG's release writes only
-the text; PDF and HTML pages need a renderer that records them: QWEN_VL_SPEC section 2), so this is our
+the text; PDF and HTML pages need a renderer that records them), so this is our
 own format, written by whatever renders or extracts the pages. One JSON object per line:
 
     {"image": "synthdog/0001.jpg",
