@@ -1,8 +1,6 @@
-import io
 import itertools
 import json
 import random
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,6 +8,7 @@ import pytest
 
 from formats.example import GROUNDED_CAPTION, GROUNDING, REFERRING, Example, Invalid, Region, Span
 from formats.sources.grounding import drop_nested_spans, read_grit
+from tests.files import write_tar
 
 CAPTION = "a wire hanger with a paper cover that reads we heart our customers"  # the GRIT card's instance
 
@@ -134,15 +133,6 @@ def test_grit_parquet_output_carries_the_image(tmp_path):
     pq.write_table(pa.table({**{k: [v] for k, v in row.items()}, "status": ["success"], "jpg": [b"\xff\xd8jpeg"]}), tmp_path / "00000.parquet")
     [example] = read_grit(str(tmp_path / "00000.parquet"), GROUNDING)
     assert (example.image, example.image_bytes) == ("00000/000000001.jpg", b"\xff\xd8jpeg")
-
-
-def write_tar(path, members: list[tuple[str, bytes]]) -> str:
-    with tarfile.open(path, "w") as tar:
-        for member, data in members:
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return str(path)
 
 
 def test_grit_webdataset_shard(tmp_path):

@@ -1,6 +1,5 @@
 import io
 import json
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,20 +8,13 @@ from PIL import Image
 from formats import reasons
 from formats.sources.img2dataset import read_img2dataset_parquet, read_webdataset
 from formats.sources.manifest import read_manifest
+from tests.files import write_tar
 
 
 def jpeg(width=320, height=240) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (40, 90, 200)).save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-def write_tar(path, members: list[tuple[str, bytes]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def write_cut_tar(path, samples: int) -> None:

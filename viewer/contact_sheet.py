@@ -25,24 +25,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
 
 from formats.markup import TextRegion, text_regions
 from formats.tokenizer import IMG_ID
-from viewer.rows import (
-    BATCH_ROWS,
-    DECODE_ERRORS,
-    PACKED,
-    PAIRS,
-    SAMPLES,
-    TOKEN_BATCH_ROWS,
-    Dataset,
-    decoded_runs,
-    document_facts,
-    packed_documents,
-    efficiency,
-    image_summary,
-    packed_refs,
-    packing,
-    sample_refs,
-    show_value,
-)
+from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, image_summary, packed_refs, packing, sample_refs, show_value
 
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail
 

@@ -10,22 +10,7 @@ flagged. At most MAX_DECODED characters of text per document (cut with …, the 
 most MAX_DOCS documents per row.
 """
 
-from viewer.rows import (
-    BATCH_ROWS,
-    PACKED,
-    PAIRS,
-    SAMPLES,
-    TOKEN_BATCH_ROWS,
-    Dataset,
-    decoded_runs,
-    document_facts,
-    packed_documents,
-    efficiency,
-    packed_refs,
-    packing,
-    sample_refs,
-    show_value,
-)
+from viewer.rows import BATCH_ROWS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, packed_refs, packing, sample_refs, show_value
 
 MAX_DECODED = 600  # characters of decoded text shown per sample or document by `describe`
 MAX_DOCS = 10  # documents of a packed row shown by `describe`
