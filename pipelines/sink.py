@@ -21,3 +21,9 @@ def clear_outputs(output: str, patterns: list[str], what: str) -> None:
     if old:
         log.info("removing %d %s in %s", len(old), what, output)
         FileSystems.delete(old)
+
+
+def remove_folder(folder: str) -> None:
+    """Delete a folder and what is left in it (object stores have no folders: there, nothing to do)."""
+    if FileSystems.exists(folder):
+        FileSystems.delete([folder])

@@ -35,7 +35,7 @@ from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_im
 from formats.sources.manifest import read_manifest
 from pipelines.inputs import MANIFEST, Input, resolve_input
 from pipelines.runner import pipeline_options
-from pipelines.sink import REJECTED, clear_outputs, write_parquet
+from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
 
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes, removed at the end of a run
 READERS = {WEBDATASET: read_webdataset, IMG2DATASET_PARQUET: read_img2dataset_parquet, MANIFEST: read_manifest}
@@ -316,6 +316,7 @@ def run(argv: list[str]) -> dict:
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, inputs, configs, args.output, settings)
     clear_outputs(args.output, [f"{WORK}/*"], "work files")
+    remove_folder(FileSystems.join(args.output, WORK))
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     print(report_lib.format_report(report))
