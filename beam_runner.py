@@ -7,10 +7,11 @@
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
-    python beam_runner.py report DIR
+    python beam_runner.py report DIR   (a stage1, stage2 or sft output)
     python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200]
 
-Bad usage prints one line, `error: ...`, and exits with status 2 before any work starts.
+`python beam_runner.py --help` prints this list; each command takes --help. Bad usage prints one line,
+`error: ...`, and exits with status 2 before any work starts.
 """
 
 import logging
@@ -97,18 +98,26 @@ def sft(argv: list[str]) -> None:
 def report(argv: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
-    from pipelines import stage1_report as report_lib
+    from pipelines import stage1_report
+    from pipelines.stage2 import format_report as format_stage2_report
 
-    parser = ArgumentParser(prog="beam_runner.py report", description="Print a stage-1 report again and draw its funnel.")
-    parser.add_argument("dir", help="a stage1 --output folder")
-    parser.add_argument("--chart", help="where to write the funnel chart (default DIR/funnel.png)")
+    parser = ArgumentParser(prog="beam_runner.py report", description="Print a run's report again (stage 1: and draw its funnel).")
+    parser.add_argument("dir", help="a stage1, stage2 or sft --output folder")
+    parser.add_argument("--chart", help="stage 1: where to write the funnel chart (default DIR/funnel.png)")
     args = parser.parse_args(argv)
     if not FileSystems.exists(FileSystems.join(args.dir, "report.json")):
         raise UsageError(f"no report.json in {args.dir}")
-    data = report_lib.read_report(args.dir)
-    print(report_lib.format_report(data))
+    data = stage1_report.read_report(args.dir)
+    if data.get("stage") in ("stage2", "sft"):
+        if args.chart:
+            raise UsageError(f"--chart: {args.dir} is a {data['stage']} run; the funnel chart is stage 1's")
+        print(format_stage2_report(data))
+        return
+    if "sources" not in data:
+        raise UsageError(f"{args.dir}/report.json is not a report of stage1, stage2 or sft")
+    print(stage1_report.format_report(data))
     chart = args.chart or FileSystems.join(args.dir, "funnel.png")
-    report_lib.write_chart(data, chart)
+    stage1_report.write_chart(data, chart)
     print(f"\nfunnel chart: {chart}")
 
 
@@ -146,6 +155,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
     if not argv or argv[0] not in COMMANDS:
         given = f"unknown command {argv[0]!r}" if argv and not argv[0].startswith("-") else "no command"
         print(f"error: {given}; use one of: {', '.join(COMMANDS)} (each takes --help)", file=sys.stderr)

@@ -1,8 +1,11 @@
-"""Bad usage: one line on stderr, exit status 2, nothing written."""
+"""The command line: --help, `report` of each stage, and bad usage (one line on stderr, exit status 2, nothing written)."""
+
+import json
 
 import pytest
 
 import beam_runner
+from pipelines.stage2 import build_report
 
 
 @pytest.fixture
@@ -98,3 +101,24 @@ def test_stage2_and_sft_usage(tmp_path, capsys):
     assert run(["stage2", "--source", f"vqa:vqav2={tmp_path}", "--tokenizer", f"{tmp_path}/q.tiktoken"] + out, capsys)[1].startswith(f"error: {tmp_path}/q.tiktoken: cannot read the vocabulary")
     assert run(["sft", "--input", f"{tmp_path}/chat.json"] + out, capsys) == (2, f"error: --input {tmp_path}/chat.json does not exist")
     assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_commands_and_exits_0(capsys):
+    for flag in ("--help", "-h"):
+        assert beam_runner.main([flag]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("The one command line of the project.\n")
+        assert all(f"python beam_runner.py {name} " in out for name in beam_runner.COMMANDS)
+
+
+def test_report_of_a_stage2_folder(tmp_path, capsys):
+    report = build_report([(("vqa", "vqav2"), 3)], [(("vqa", "image_missing"), 1)], [("vqa", (1, 2048, 1024))], {"stage": "stage2"})
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert beam_runner.main(["report", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "stage2: samples, rejects and packing per task"
+    assert lines[4] == f"{'vqa':<18}{3:>10,}{1:>10,}{1:>11,}{'50.00%':>12}"
+    assert lines[-1] == "rejected: image_missing 1"
+    assert run(["report", str(tmp_path), "--chart", str(tmp_path / "f.png")], capsys) == (2, f"error: --chart: {tmp_path} is a stage2 run; the funnel chart is stage 1's")
+    (tmp_path / "report.json").write_text("{}")
+    assert run(["report", str(tmp_path)], capsys) == (2, f"error: {tmp_path}/report.json is not a report of stage1, stage2 or sft")
