@@ -51,7 +51,8 @@ def list_files(folder: str, pattern: str) -> list[str]:
     return [join(folder, name) for name in names]
 
 
-def _has_glob(path: str) -> bool:
+def has_glob(path: str) -> bool:
+    """Whether a path is a glob pattern (`*`, `?` or `[...]`)."""
     return any(c in path for c in "*?[")
 
 
@@ -59,15 +60,15 @@ def match(path: str) -> list[str]:
     """The files a path names, sorted: a folder's files (not its subfolders'), the file itself, or what a
     glob matches (`*`, `?`, `[...]`; in the last part only, or in folders too, where `*` also crosses
     `/`). Paths come back spelled as given (a relative folder gives relative paths); [] if none."""
-    if not _has_glob(path):
+    if not has_glob(path):
         if is_dir(path):
             return list_files(path.rstrip("/") or "/", "*")
         return [path] if not path.endswith("/") and exists(path) else []
     folder, _, pattern = path.rpartition("/")
-    if not _has_glob(folder):
+    if not has_glob(folder):
         return list_files(folder, pattern) if folder else [posixpath.basename(f) for f in list_files(".", pattern)]
     parts = folder.split("/")
-    base = "/".join(parts[: next(i for i, p in enumerate(parts) if _has_glob(p))])
+    base = "/".join(parts[: next(i for i, p in enumerate(parts) if has_glob(p))])
     fs, inner = _resolve(base or ".")
     try:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))

@@ -86,7 +86,7 @@ import torch
 import torch.distributed as dist
 
 from cli.usage import ArgumentParser, UsageError
-from formats.files import exists, is_dir, list_files
+from formats.files import exists, has_glob, is_dir, list_files
 from model import checkpoint
 from model.config import ADAPTER, LLM, PRESETS, STAGES, VISION, ModelConfig, StageConfig
 from model.llm import supervised_targets
@@ -206,7 +206,7 @@ def data_files(specs: list[str]) -> list[str]:
     """Parquet files of each --data spec (a folder, a file, or a glob), sorted, duplicates dropped."""
     files: set[str] = set()
     for spec in specs:
-        if any(c in spec for c in "*?["):
+        if has_glob(spec):
             if "://" in spec:
                 folder, _, pattern = spec.rpartition("/")
                 found = [f for f in list_files(folder, pattern) if f.endswith(".parquet")]

@@ -20,19 +20,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from tqdm import tqdm
 
-from formats import reasons
 from cli.usage import ArgumentParser, UsageError
 from filters.config import ConfigError, SourceConfig, load_config
+from filters.curate import curate, reject_candidate
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
-from formats.pair import RawPair
-from formats.pair import Reject
-from filters.curate import curate, reject_candidate
-from formats import schemas
-from pipelines import stage1_report as report_lib
-from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
+from formats import reasons, schemas
+from formats.pair import RawPair, Reject
 from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_img2dataset_parquet, read_webdataset
 from formats.sources.manifest import read_manifest
+from pipelines import stage1_report as report_lib
+from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import MANIFEST, Input, resolve_input
 from pipelines.runner import pipeline_options
 from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
@@ -289,6 +287,7 @@ def prepare(argv: list[str]):
     """Everything checked before the pipeline starts: inputs exist, config is valid, models load,
     options parse. Returns (args, inputs, configs, settings, Beam options)."""
     args, beam_args = parse_args(argv)
+    options = pipeline_options(beam_args, "stage1")
     inputs = [resolve_input(spec) for spec in args.input]
     sources = [inp.source for inp in inputs]
     if len(set(sources)) != len(sources):
@@ -303,7 +302,7 @@ def prepare(argv: list[str]):
         "keep_rejected_images": not args.drop_rejected_images,
         **_model_settings(args),
     }
-    return args, inputs, configs, settings, pipeline_options(beam_args, "stage1")
+    return args, inputs, configs, settings, options
 
 
 def run(argv: list[str]) -> dict:

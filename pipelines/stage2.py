@@ -27,13 +27,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from formats.ids import sample_uid, sequence_uid
 from cli.usage import ArgumentParser, UsageError
 from formats import schemas
 from formats.boxes import normalize_example
 from formats.chatml import render as render_chat
-from formats.files import exists, is_dir, join, match, open_file
 from formats.example import TEXT, Example, Invalid
+from formats.files import exists, has_glob, is_dir, join, match, open_file
+from formats.ids import sample_uid, sequence_uid
 from formats.packing import SEQ_LEN, Sample, pack
 from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_MISSING, IMAGE_UNREADABLE
 from formats.sources import CONVERTERS, PER_FILE, convert
@@ -309,7 +309,7 @@ def _parse_source(spec: str, images: dict[str, str]) -> Source:
     if (task, fmt) not in CONVERTERS:
         known = ", ".join(f"{t}:{f}" for t, f in sorted(CONVERTERS))
         raise UsageError(f"--source {spec!r}: no converter for {task}:{fmt} (known: {known})")
-    if not any(c in path for c in "*?[") and not exists(path):
+    if not has_glob(path) and not exists(path):
         raise UsageError(f"--source {spec!r}: {path} does not exist")
     folder = path if path.endswith("/") or is_dir(path) else os.path.dirname(path)
     return Source(task, fmt, path, images.get(fmt) or folder, _files(fmt, path))
@@ -317,9 +317,9 @@ def _parse_source(spec: str, images: dict[str, str]) -> Source:
 
 def _files(fmt: str, path: str) -> tuple[str, ...]:
     """What the converter runs on: for a per-file format, each file of a folder or glob; else the path."""
-    if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or any(c in path for c in "*?[")):
+    if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or has_glob(path)):
         return (path,)
-    patterns = [join(path, p) for p in PER_FILE[fmt]] if not any(c in path for c in "*?[") else [path]
+    patterns = [join(path, p) for p in PER_FILE[fmt]] if not has_glob(path) else [path]
     files = sorted(f for pattern in patterns for f in match(pattern))
     if not files:
         raise UsageError(f"--source {fmt}={path}: no {' or '.join(PER_FILE[fmt])} files there")
@@ -356,6 +356,7 @@ def prepare(argv: list[str], chat: bool):
         parser.add_argument("--images", action="append", default=[], metavar="FORMAT=FOLDER", help="where a format's images are (default: its PATH's folder)")
     _common_options(parser)
     args, beam_args = parser.parse_known_args(argv)
+    options = pipeline_options(beam_args, prog.split()[-1])
     if args.seq_len < 16:
         raise UsageError(f"--seq-len must be >= 16, not {args.seq_len}")
     if args.pack_group < 1:
@@ -380,7 +381,7 @@ def prepare(argv: list[str], chat: bool):
         "mix_tasks": args.mix_tasks,
         "tokenizer": str(tokenizer.path),
     }
-    return sources, args.output, settings, pipeline_options(beam_args, prog.split()[-1])
+    return sources, args.output, settings, options
 
 
 def run(argv: list[str], chat: bool = False) -> dict:
