@@ -1,9 +1,10 @@
-"""What the stage-2 converters share: reading a data set's files (local paths or gs://, through
-formats/files.py) and taking a record's fields so that a missing or mistyped one becomes an `Invalid` naming
-the field, never an exception that stops the rest.
+"""What the data-set readers share: reading a data set's files (local paths or gs://, through
+formats/files.py), naming an error or a file in a reject's detail, and taking a record's fields so that
+a missing or mistyped one becomes an `Invalid` naming the field, never an exception that stops the rest.
 
-A converter builds each Example from `get_field`/`text_field`/`id_field` calls, which raise `Malformed`; `convert_records` turns
-that into a "malformed_record" Invalid under the record's key and goes on with the next record.
+A stage-2 converter builds each Example from `get_field`/`text_field`/`id_field` calls, which raise
+`Malformed`; `convert_records` turns that into a "malformed_record" Invalid under the record's key and
+goes on with the next record.
 """
 
 import json
@@ -11,9 +12,8 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
 
-
-from formats.files import open_file
 from formats.example import Example, Invalid
+from formats.files import open_file
 from formats.reasons import FILE_UNREADABLE, MALFORMED
 
 

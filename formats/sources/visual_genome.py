@@ -1,18 +1,14 @@
 """Visual Genome (visualgenome.org; the field names as the visual_genome_python_driver and Hugging Face's
-loader read them): its question answers -> vqa examples, its region descriptions -> referring and
-grounded captioning examples (one per region, its box from [x, y, width, height] as in refer.py).
+loader read them): its question answers -> vqa examples (`read_vg_qa`), its region descriptions ->
+referring and grounded captioning examples, one per region, its box from [x, y, width, height] (`read_vg`).
 
-Visual Genome (visualgenome.org; the field names as the visual_genome_python_driver and Hugging Face's
-loader read them): region_descriptions.json is a list with one entry per image, {id (the image id;
-image_id in some versions), regions: [{region_id (id in v1.0), image_id, phrase, x, y, width, height}]};
-image_data.json is a list of {image_id (id before v1.2), url, width, height, coco_id, flickr_id}, the url
-ending in VG_100K/ID.jpg or VG_100K_2/ID.jpg: the image is those last two parts, relative to the folder
-holding both image folders. `read_vg` takes the folder with both files, or region_descriptions.json
-with image_data.json beside it, and reads region_descriptions.json one image at a time (the file is
-several hundred MB). Key: the region_id.
-
-Question answers: question_answers.json ([{id (the image), qas: [{qa_id, image_id, question, answer,
-q_objects, a_objects}]}]) beside image_data.json; `read_vg_qa` takes their folder. Key: the qa_id.
+region_descriptions.json is a list with one entry per image, {id (the image id; image_id in some
+versions), regions: [{region_id (id in v1.0), image_id, phrase, x, y, width, height}]}; image_data.json
+is a list of {image_id (id before v1.2), url, width, height, coco_id, flickr_id}, the url ending in
+VG_100K/ID.jpg or VG_100K_2/ID.jpg: the image is those last two parts, relative to the folder holding
+both image folders. `read_vg` takes the folder with both files, or region_descriptions.json with
+image_data.json beside it, and reads region_descriptions.json one image at a time (the file is several
+hundred MB). Key: the region_id.
 """
 
 import io

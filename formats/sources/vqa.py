@@ -6,7 +6,7 @@ relative to the image folder noted below (the pipeline resolves it against the i
 |----------|-----------------------------------------------|---------------------------------------------|----------------|
 | vqav2    | the folder with the questions and annotations | COCO_train2014_%012d.jpg, in train2014/     | question_id    |
 | gqa      | train_balanced_questions.json                 | IMAGEID.jpg, in images/                     | the questionId |
-| vg       | the folder with question_answers.json and image_data.json | VG_100K/ID.jpg or VG_100K_2/ID.jpg, in the folder holding both | qa_id |
+| vg       | the folder with question_answers.json and image_data.json (read in visual_genome.py) | VG_100K/ID.jpg or VG_100K_2/ID.jpg, in the folder holding both | qa_id |
 | dvqa     | train_qa.json                                 | bar_train_%08d.png, in images/              | question_id    |
 | ocr-vqa  | dataset.json                                  | ID.jpg (the URL's extension), in images/    | ID:N (N-th question of the book) |
 | docvqa   | train_v1.0.json                               | documents/NAME.png, in the split's folder   | questionId     |
