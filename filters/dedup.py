@@ -339,8 +339,8 @@ def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
     Labels count 0, 1, ... in the order of each group's smallest hash.
 
     The reference implementation of the whole search in one process, which the product does not call: the
-    pipeline spreads the same search over workers with bucket_keys, bucket_pairs and component_roots
-    (pipelines/find_duplicates.py); the tests and bench/dedup.py use this one as the ground truth."""
+    pipeline spreads the same search over workers with bucket_keys and bucket_pairs, and joins
+    the pairs into components there (pipelines/find_duplicates.py); the tests and bench/dedup.py use this one as the ground truth."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     values, positions = _sort_with_positions(hashes)
     first, nodes, edges = _sorted_pairs_of(values, k, None)
@@ -385,18 +385,6 @@ def bucket_pairs(phashes: list[str], k: int) -> list[tuple[str, str, int]]:
     pairs = near_pairs(values, k)
     distances = _distance(values[pairs[:, 0]], values[pairs[:, 1]])
     return [(*sorted((phashes[i], phashes[j])), int(d)) for (i, j), d in zip(pairs.tolist(), distances.tolist())]
-
-
-def component_roots(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """For every hash in `pairs`, its component's root: the smallest hash of the component."""
-    nodes = sorted({h for pair in pairs for h in pair})
-    index = {h: i for i, h in enumerate(nodes)}
-    edges = np.array([[index[a], index[b]] for a, b in pairs], dtype=np.int64).reshape(-1, 2)
-    labels = _components(len(nodes), edges)
-    roots: dict[int, str] = {}
-    for h, label in zip(nodes, labels):  # nodes are sorted, so the first seen per label is its smallest
-        roots.setdefault(label, h)
-    return {h: roots[label] for h, label in zip(nodes, labels)}
 
 
 def preference(caption: str, uid: str) -> tuple[int, str]:

@@ -1,7 +1,8 @@
 """Dedup across the whole run, in Beam: exact and near-duplicate images, one pair kept per image.
 
-Every decision is made on slim records (uid, pHash, cleaned caption, digest of the image bytes), never
-on rows that carry images, so nothing large waits in a shuffle:
+Every decision is made on slim records (uid, pHash, cleaned caption, digest of the image bytes, and an
+opaque `where` the caller uses to join the answer back), never on rows that carry images, and no step
+holds more than one key's group: nothing grows with the run on one worker.
 
 1. Nodes are the distinct pHashes. Identical bytes always give identical pHashes, so exact copies (and
    images with the same pixels) share a node, however many there are: blank images make one node.
@@ -10,12 +11,18 @@ on rows that carry images, so nothing large waits in a shuffle:
    full distance (filters.dedup.bucket_pairs); a large bucket (a cluster of similar hashes) goes
    through the sub-banded search, so it costs about its size, not its size squared. Bucket sizes are
    recorded in the Beam distribution dedup/bucket_size.
-3. Components: the verified pairs, de-duplicated, are joined on one worker (scipy) into hash -> root.
-   They are few (one per duplicate found), so this holds millions of pairs in a few hundred MB.
-4. Keeper: every record goes to its component (its root, or its own hash); the keeper is the longest
-   caption, ties to the smallest uid (filters.dedup.preference); every other member is a duplicate,
-   its detail naming the keeper: "exact duplicate of UID" (same bytes) or "near duplicate of UID
-   (pHash distance D)".
+3. Components: the verified pairs, de-duplicated, go through large-star / small-star rounds
+   (pipelines/connected_components.py) into node -> root, the smallest hash of its component.
+4. Keeper, by combiners: the best member of each node (the longest caption, ties to the smallest uid:
+   filters.dedup.preference), then the best of those per root. Each node learns its root's keeper, and
+   every member of a node other than the keeper is a duplicate, its detail naming the keeper: "exact
+   duplicate of UID" (same bytes) or "near duplicate of UID (pHash distance D)".
+
+Shuffle per input pair: the slim record twice (about 150 bytes: by node for its best member, by node
+again to meet its keeper); per distinct hash, its k+1 bucket keys; per edge, the component rounds. Hot
+keys stay bounded in memory: a blank image repeated a million times is one node, combined before the
+shuffle, and its members are streamed past their keeper one by one; a huge component is one root whose
+member nodes are streamed past it the same way.
 """
 
 import hashlib
@@ -24,7 +31,8 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from filters.dedup import bucket_keys, bucket_pairs, component_roots, preference
+from filters.dedup import bucket_keys, bucket_pairs, preference
+from pipelines.connected_components import DEFAULT_ROUNDS, ConnectedComponents
 
 DEFAULT_MAX_DISTANCE = 4  # bits of 64: re-encodes, resizes and light edits; distinct images sit at 10+
 
@@ -34,28 +42,40 @@ class Member(NamedTuple):
     phash: str
     caption: str
     digest: str  # of the encoded image bytes
+    where: str = ""  # the caller's: e.g. the work file that holds the row
 
 
-def member(row: dict) -> Member:
+def member(row: dict, where: str = "") -> Member:
     digest = hashlib.blake2b(row["image"], digest_size=16).hexdigest()
-    return Member(row["uid"], row["phash"], row["caption"], digest)
+    return Member(row["uid"], row["phash"], row["caption"], digest, where)
 
 
-def duplicates(members: list[Member]) -> list[tuple[str, str]]:
-    """(uid, detail) for every member of one component but its keeper."""
-    if len(members) < 2:
-        return []
-    keeper = min(members, key=lambda m: preference(m.caption, m.uid))
-    found = []
-    for m in members:
-        if m is keeper:
-            continue
-        if m.digest == keeper.digest:
-            found.append((m.uid, f"exact duplicate of {keeper.uid}"))
-        else:
-            distance = (int(m.phash, 16) ^ int(keeper.phash, 16)).bit_count()
-            found.append((m.uid, f"near duplicate of {keeper.uid} (pHash distance {distance})"))
-    return found
+def rank(m: Member) -> tuple[int, str]:
+    return preference(m.caption, m.uid)
+
+
+def duplicate_detail(m: Member, keeper: Member) -> str:
+    """Why `m` is a duplicate of `keeper`: the same bytes, or a pHash distance."""
+    if m.digest == keeper.digest:
+        return f"exact duplicate of {keeper.uid}"
+    distance = (int(m.phash, 16) ^ int(keeper.phash, 16)).bit_count()
+    return f"near duplicate of {keeper.uid} (pHash distance {distance})"
+
+
+class BestMember(beam.CombineFn):
+    """The keeper among members: the smallest `rank` (a total order, so any merge order agrees)."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, best, m):
+        return m if best is None or rank(m) < rank(best) else best
+
+    def merge_accumulators(self, accumulators):
+        return min((a for a in accumulators if a is not None), key=rank, default=None)
+
+    def extract_output(self, best):
+        return best
 
 
 def verified_pairs(bucket: tuple, k: int) -> list[tuple[str, str]]:
@@ -65,29 +85,79 @@ def verified_pairs(bucket: tuple, k: int) -> list[tuple[str, str]]:
     return [(a, b) for a, b, _ in bucket_pairs(hashes, k)]
 
 
-class FindDuplicates(beam.PTransform):
-    """Rows with uid, phash, caption and image -> (uid, detail) for every row that is a duplicate."""
+def best_by_root(joined: tuple) -> list[tuple[str, Member]]:
+    """(node, {"best": [member], "root": [root] or []}) -> (root, the node's best member)."""
+    node, found = joined
+    roots = list(found["root"])  # at most one
+    return [(roots[0] if roots else node, best) for best in found["best"]]
 
-    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE):
+
+def _with_one(group: tuple):
+    """(key, tagged values) -> (key, the one value, each other value); read twice, never listed."""
+    key, values = group
+    one = next((value for is_one, value in values if is_one), None)
+    for is_one, value in values:
+        if not is_one:
+            yield key, one, value
+
+
+class Lookup(beam.PTransform):
+    """(key, value) pairs -> (key, one, value), `one` the value that the `one` collection holds for the key
+    (at most one each; None where it has none). The group is streamed twice and never listed (a runner
+    pages a large one from its shuffle), so a hot key, such as a blank image's million members, costs
+    time on one worker but no memory."""
+
+    def __init__(self, one):
         super().__init__()
-        self.k = max_distance
+        self.one = one
 
-    def expand(self, rows):
+    def expand(self, many):
+        return (
+            (self.one | "TagOne" >> beam.Map(lambda kv: (kv[0], (True, kv[1]))), many | "TagMany" >> beam.Map(lambda kv: (kv[0], (False, kv[1]))))
+            | "Tagged" >> beam.Flatten()
+            | "Group" >> beam.GroupByKey()
+            | "WithOne" >> beam.FlatMap(_with_one)
+        )
+
+
+def duplicate_of_keeper(node: str, keeper: Member, m: Member):
+    """(member, detail) if `m` is not its node's keeper."""
+    if m.uid != keeper.uid:
+        Metrics.counter("dedup", "duplicates").inc()
+        yield m, duplicate_detail(m, keeper)
+
+
+class FindDuplicates(beam.PTransform):
+    """Members -> (member, detail) for every member that is a duplicate of another one."""
+
+    def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE, rounds: int = DEFAULT_ROUNDS):
+        super().__init__()
+        self.k, self.rounds = max_distance, rounds
+
+    def expand(self, members):
         k = self.k
-        members = rows | "Slim" >> beam.Map(member)
-        pairs = (
-            members
-            | "Hashes" >> beam.Map(lambda m: m.phash)
-            | "DistinctHashes" >> beam.Distinct()
+        by_node = members | "ByNode" >> beam.Map(lambda m: (m.phash, m))
+        best = by_node | "BestOfNode" >> beam.CombinePerKey(BestMember())
+        roots = (
+            best
+            | "Hashes" >> beam.Keys()
             | "Buckets" >> beam.FlatMap(lambda h: [(key, h) for key in bucket_keys(h, k)])
             | "GroupBuckets" >> beam.GroupByKey()
             | "Verify" >> beam.FlatMap(verified_pairs, k)
             | "DistinctPairs" >> beam.Distinct()
+            | "Components" >> ConnectedComponents(self.rounds)
         )
-        roots = pairs | "AllPairs" >> beam.combiners.ToList() | "Components" >> beam.FlatMap(lambda ps: component_roots(ps).items())
-        return (
-            members
-            | "ToComponent" >> beam.Map(lambda m, roots: (roots.get(m.phash, m.phash), m), roots=beam.pvalue.AsDict(roots))
-            | "GroupComponents" >> beam.GroupByKey()
-            | "Decide" >> beam.FlatMap(lambda component: duplicates(list(component[1])))
+        keepers = (
+            {"best": best, "root": roots}
+            | "JoinRoots" >> beam.CoGroupByKey()
+            | "BestByRoot" >> beam.FlatMap(best_by_root)
+            | "KeeperOfRoot" >> beam.CombinePerKey(BestMember())
         )
+        linked = (  # the nodes that are not roots, each with its root's keeper
+            roots
+            | "RootToNode" >> beam.Map(lambda e: (e[1], e[0]))
+            | "ToRootKeeper" >> Lookup(keepers)
+            | "NodeKeeper" >> beam.MapTuple(lambda root, keeper, node: (node, keeper))
+        )
+        node_keepers = (keepers, linked) | "AllNodeKeepers" >> beam.Flatten()
+        return by_node | "ToNodeKeeper" >> Lookup(node_keepers) | "Duplicates" >> beam.FlatMapTuple(duplicate_of_keeper)

@@ -9,10 +9,14 @@ REJECTED = "rejected"  # the tag of a DoFn's rejects
 log = logging.getLogger("sink")
 
 
+def parquet_codecs(schema) -> dict[str, str]:
+    """zstd for every column but the image bytes, which do not shrink."""
+    return {column: "none" if column == "image" else "zstd" for column in schema.names}
+
+
 def write_parquet(rows, name: str, path: str, schema):
     """Beam's Parquet sink; returns the PCollection of the files written, once they are final."""
-    codecs = {column: "none" if column == "image" else "zstd" for column in schema.names}  # images do not shrink
-    return rows | f"Write[{name}]" >> beam.io.WriteToParquet(path, schema, codec=codecs, file_name_suffix=".parquet")
+    return rows | f"Write[{name}]" >> beam.io.WriteToParquet(path, schema, codec=parquet_codecs(schema), file_name_suffix=".parquet")
 
 
 def clear_outputs(output: str, patterns: list[str], what: str) -> None:

