@@ -1,11 +1,16 @@
-"""Where the Beam graphs write: Parquet shards, and an output folder cleared of an earlier run's files."""
+"""Where the Beam graphs write: Parquet shards, groups of rows written in a fixed order, and an output
+folder cleared of an earlier run's files."""
 
 import logging
+import uuid
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 REJECTED = "rejected"  # the tag of a DoFn's rejects
+ROW_GROUP = 256  # rows per Parquet row group in the files written by write_rows
 log = logging.getLogger("sink")
 
 
@@ -17,6 +22,55 @@ def parquet_codecs(schema) -> dict[str, str]:
 def write_parquet(rows, name: str, path: str, schema):
     """Beam's Parquet sink; returns the PCollection of the files written, once they are final."""
     return rows | f"Write[{name}]" >> beam.io.WriteToParquet(path, schema, codec=parquet_codecs(schema), file_name_suffix=".parquet")
+
+
+def group_of(uid: str, count: int, per_group: int) -> tuple[int, int]:
+    """(index, groups): which of round(count / per_group) groups (at least one) a row's uid falls in, by
+    its last 8 hex digits. Uids are hashes, so the groups come out even (at 4096 a group, within a few
+    percent), and the same rows always make the same groups."""
+    groups = max(1, round(count / per_group))
+    return int(uid[-8:], 16) % groups, groups
+
+
+class GroupByUid(beam.PTransform):
+    """Rows -> ((name, index, groups), rows sorted by uid): the rows of each name (e.g. a task) in about
+    per_group rows a group (group_of). The counts per name, a few numbers, are the one side input. Costs
+    one shuffle of each row; a worker holds one group at a time, whatever the run's size."""
+
+    def __init__(self, name_of, per_group: int):
+        super().__init__()
+        self.name_of, self.per_group = name_of, per_group
+
+    def expand(self, rows):
+        name_of, per_group = self.name_of, self.per_group
+        counts = rows | "Names" >> beam.Map(name_of) | "CountNames" >> beam.combiners.Count.PerElement() | "NameCounts" >> beam.combiners.ToDict()
+
+        def keyed(row, counts):
+            name = name_of(row)
+            return (name, *group_of(row["uid"], counts[name], per_group)), row
+
+        return (
+            rows
+            | "ToGroup" >> beam.Map(keyed, beam.pvalue.AsSingleton(counts))
+            | "Group" >> beam.GroupByKey()
+            | "Sort" >> beam.MapTuple(lambda key, group: (key, sorted(group, key=lambda row: row["uid"])))
+        )
+
+
+def group_file(folder: str, name: str, index: int, groups: int) -> str:
+    """FOLDER/NAME-IIIII-of-NNNNN.parquet, as Beam names its shards."""
+    return FileSystems.join(folder, f"{name}-{index:05d}-of-{groups:05d}.parquet")
+
+
+def write_rows(path: str, rows: list[dict], schema) -> str:
+    """Rows -> one Parquet file at `path`, written beside it and renamed into place: a reader never sees
+    half a file, and a retried bundle replaces the file whole. Returns the path."""
+    partial = f"{path}.partial-{uuid.uuid4().hex}"
+    with FileSystems.create(partial) as f, pq.ParquetWriter(f, schema, compression=parquet_codecs(schema)) as writer:
+        for start in range(0, max(len(rows), 1), ROW_GROUP):
+            writer.write_table(pa.Table.from_pylist(rows[start:start + ROW_GROUP], schema))
+    FileSystems.rename([partial], [path])
+    return path
 
 
 def clear_outputs(output: str, patterns: list[str], what: str) -> None:

@@ -34,6 +34,7 @@ from pipelines.connected_components import DEFAULT_ROUNDS
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.inputs import MANIFEST, Input, resolve_input
 from pipelines.runner import pipeline_options
+from pipelines.spread import Spread
 from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
 from pipelines.work_files import FILES, JoinByFile, WriteWorkFiles, read_work_file
 
@@ -76,7 +77,7 @@ class ReadSource(beam.PTransform):
         return (
             pbegin
             | "Files" >> beam.Create(self.inp.files)
-            | "Spread" >> beam.Reshuffle()
+            | "Spread" >> Spread()
             | "Read" >> beam.ParDo(ReadFile(self.inp.source, self.inp.layout, len(self.inp.files)))
         )
 

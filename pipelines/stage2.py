@@ -8,12 +8,17 @@ The graph: each --source is read by its converter (formats/sources/), one DoFn p
 the workers; each example's image is read from its image folder (bytes as stored, size from the
 header unless the annotations give it), its boxes put on the 1000 grid (formats/boxes.py), its text
 rendered (formats/templates.py; sft: formats/chatml.py) and tokenized (formats/tokenizer.py) ->
-samples/. Samples of one task go in groups of at most --pack-group to the packer
-(formats/packing.py) -> packed/. Whatever cannot become a sample, and a sample that cannot be packed,
-is a rejected row with its reason, counted in the report; nothing is dropped silently.
+samples/. Samples go to the packer (formats/packing.py) in groups of one task and a bucket of uids,
+about --pack-group each -> packed/. Whatever cannot become a sample, and a sample that cannot be
+packed, is a rejected row with its reason, counted in the report; nothing is dropped silently.
 
-Packing shuffles the samples (images included) to their groups: on the in-process runner that data is
-held in memory, so large stage-2 runs belong on a distributed runner (Dataflow, Spark, Flink).
+Packing groups: a task of N samples gets round(N / --pack-group) buckets (the counts per task, a few
+numbers, are the one side input), and a sample goes to the bucket its uid hashes to, so groups are
+spread over the workers by key (not one worker per task) and each holds about --pack-group samples
+(at 4096, within a few percent). The same inputs give the same groups, and each group is packed in
+uid order, so a rerun writes the same sequences. Packing shuffles each sample once, images included:
+on the in-process runner that data is held in memory, so large stage-2 runs belong on a distributed
+runner (Dataflow, Spark, Flink).
 """
 
 import io
@@ -40,7 +45,8 @@ from formats.sources import CONVERTERS, PER_FILE, convert
 from formats.templates import check, render
 from formats.tokenizer import ImageTagError, QwenTokenizer, VocabularyError
 from pipelines.runner import pipeline_options
-from pipelines.sink import REJECTED, clear_outputs, write_parquet
+from pipelines.spread import Spread
+from pipelines.sink import REJECTED, GroupByUid, clear_outputs, group_file, write_rows
 
 CHAT = "chat"  # the task name of stage-3 conversations
 MIXED = "mixed"  # the task of packed rows with --mix-tasks
@@ -157,20 +163,20 @@ class MakeChatSamples(MakeSamples):
         yield from self.sample(CHAT, source.format, chat.key, chat.segments, images)
 
 
-def pack_group(task_and_rows, seq_len: int):
-    """One group of a task's sample rows -> packed rows, and rejects (tagged)."""
-    task, rows = task_and_rows
-    rows = list(rows)
+def pack_group(group: tuple, seq_len: int, output: str):
+    """One (name, index, groups) group of sample rows, sorted by uid -> its files samples/NAME-*,
+    packed/NAME-* and, when a sample cannot be packed, rejected/packing-NAME-* (sink.group_file); yields
+    each sequence's counts and each reject (tagged), for the report."""
+    (name, index, groups), rows = group
     by_uid = {row["uid"]: row for row in rows}
     samples = [Sample(row["uid"], row["input_ids"], row["loss_mask"], row["images"]) for row in rows]
     # a sample without images is cut into seq_len pieces: pure text, the one stage-2 task without images;
     # a conversation is never cut (a long one is rejected)
-    sequences, rejects = pack(samples, seq_len, split_text=task != CHAT)
-    for s in sequences:
-        Metrics.counter("stage2", f"sequences_{task}").inc()
-        yield {
+    sequences, rejects = pack(samples, seq_len, split_text=name != CHAT)
+    packed = [
+        {
             "uid": sequence_uid(s.uids, s.starts),
-            "task": task,
+            "task": name,
             "input_ids": s.ids.tolist(),
             "loss_mask": s.mask.tolist(),
             "doc_ids": s.doc.tolist(),
@@ -178,9 +184,23 @@ def pack_group(task_and_rows, seq_len: int):
             "images": s.images,
             "sample_uids": s.uids,
         }
-    for r in rejects:
-        row = by_uid[r.uid]
-        yield beam.pvalue.TaggedOutput(REJECTED, {**{k: row[k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail})
+        for s in sequences
+    ]
+    rejected = [{**{k: by_uid[r.uid][k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail} for r in rejects]
+    write_rows(group_file(FileSystems.join(output, "samples"), name, index, groups), rows, schemas.SAMPLES)
+    write_rows(group_file(FileSystems.join(output, "packed"), name, index, groups), packed, schemas.PACKED)
+    if rejected:
+        write_rows(group_file(FileSystems.join(output, "rejected"), f"packing-{name}", index, groups), rejected, schemas.STAGE2_REJECTED)
+    Metrics.counter("stage2", f"sequences_{name}").inc(len(packed))
+    yield from map(packing_counts, packed)
+    for row in rejected:
+        yield beam.pvalue.TaggedOutput(REJECTED, row)
+
+
+def write_rejects(group: tuple, output: str) -> str:
+    """One (task, index, groups) group of reject rows, sorted by uid -> rejected/samples-TASK-*."""
+    (task, index, groups), rows = group
+    return write_rows(group_file(FileSystems.join(output, "rejected"), f"samples-{task}", index, groups), rows, schemas.STAGE2_REJECTED)
 
 
 def packing_counts(row: dict) -> tuple[str, tuple[int, int, int]]:
@@ -202,6 +222,8 @@ def build_report(samples, rejects, packing, settings: dict) -> dict:
         per_task.setdefault(task, {"samples": 0, "sources": {}, "rejected": {}})
         per_task[task]["packed"] = {"sequences": sequences, "tokens": total, "efficiency": round(docs / total, 4) if total else 1.0}
         tokens, documents = tokens + total, documents + docs
+    for t in per_task.values():  # counts arrive in no set order: sorted, so reruns write the same report
+        t["sources"], t["rejected"] = dict(sorted(t["sources"].items())), dict(sorted(t["rejected"].items()))
     return {
         "stage": settings["stage"],
         "tasks": dict(sorted(per_task.items())),
@@ -243,25 +265,22 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
         read = (
             p
             | f"Files[{label}]" >> beam.Create(source.files)
-            | f"SpreadFiles[{label}]" >> beam.Reshuffle()
+            | f"SpreadFiles[{label}]" >> Spread()
             | f"Convert[{label}]" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
-            | f"Spread[{label}]" >> beam.Reshuffle()
+            | f"Spread[{label}]" >> Spread()
         )
         make = MakeChatSamples(settings["tokenizer"]) if chat else MakeSamples(settings["tokenizer"])
         made = read | f"Samples[{label}]" >> beam.ParDo(make, source).with_outputs(REJECTED, main="samples")
         branches.append(made)
     samples = [b.samples for b in branches] | "AllSamples" >> beam.Flatten()
     rejected = [b[REJECTED] for b in branches] | "AllRejects" >> beam.Flatten()
-    write_parquet(samples, "samples", FileSystems.join(output, "samples", "part"), schemas.SAMPLES)
+    mixed = settings["mix_tasks"]
     packed = (
         samples
-        | "ByTask" >> beam.Map(lambda row, mixed: (MIXED if mixed else row["task"], row), settings["mix_tasks"]).with_output_types(tuple[str, dict])
-        | "Groups" >> beam.GroupIntoBatches(group)
-        | "Pack" >> beam.FlatMap(pack_group, seq_len).with_outputs(REJECTED, main="packed")
+        | "PackingGroups" >> GroupByUid(lambda row: MIXED if mixed else row["task"], group)
+        | "Pack" >> beam.FlatMap(pack_group, seq_len, output).with_outputs(REJECTED, main="counts")
     )
-    write_parquet(packed.packed, "packed", FileSystems.join(output, "packed", "part"), schemas.PACKED)
-    write_parquet(rejected, "rejected", FileSystems.join(output, "rejected", "samples"), schemas.STAGE2_REJECTED)
-    write_parquet(packed[REJECTED], "rejected-packing", FileSystems.join(output, "rejected", "packing"), schemas.STAGE2_REJECTED)
+    rejected | "RejectGroups" >> GroupByUid(lambda row: row["task"], PACK_GROUP) | "WriteRejects" >> beam.Map(write_rejects, output)
 
     def counted(pcoll, name, key):
         return beam.pvalue.AsSingleton(pcoll | f"Key[{name}]" >> beam.Map(key) | f"Count[{name}]" >> beam.combiners.Count.PerElement() | f"List[{name}]" >> beam.combiners.ToList())
@@ -270,8 +289,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
     reject_counts = counted(rejected, "rejects", lambda row: (row["task"], row["reason"]))
     packing_rejects = counted(packed[REJECTED], "packing-rejects", lambda row: (row["task"], row["reason"]))
     packing = beam.pvalue.AsSingleton(
-        packed.packed
-        | "PackingCounts" >> beam.Map(packing_counts)
+        packed.counts
         | "SumPacking" >> beam.CombinePerKey(lambda values: tuple(map(sum, zip(*values))) if values else (0, 0, 0))
         | "ListPacking" >> beam.combiners.ToList()
     )
@@ -387,7 +405,7 @@ def prepare(argv: list[str], chat: bool):
 def run(argv: list[str], chat: bool = False) -> dict:
     """Run stage 2 (or sft) and return its report (also written to OUTPUT/report.json and printed)."""
     sources, output, settings, options = prepare(argv, chat)
-    clear_outputs(output, ["samples/*.parquet", "packed/*.parquet", "rejected/*.parquet"], "files of an earlier run")
+    clear_outputs(output, ["samples/*.parquet*", "packed/*.parquet*", "rejected/*.parquet*"], "files of an earlier run")
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, sources, output, settings, chat)
     with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:

@@ -19,6 +19,7 @@ BOUNDED_SIDE_INPUTS = {
     "Decide": "per-source CLIP thresholds: one float per source",
     "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds",
     "Dedup/Components/NodeRoots": "one integer: the nodes not settled after the last round",
+    "ToGroup": "stage 2: the sample (or reject) count per task, at most 8",
 }
 BOUNDED_GLOBAL_COMBINES = {
     "ClipThresholds/AllQuantiles": "per source, 1001 quantile points",
@@ -27,6 +28,7 @@ BOUNDED_GLOBAL_COMBINES = {
     "Dedup/Components/CountUnsettled": "a sum: one integer",
     "List[": "one count per (task, source) or (task, reason)",
     "ListPacking": "one triple per task: at most 8",
+    "NameCounts": "one count per task: at most 8",
 }
 
 

@@ -52,11 +52,6 @@ def file_bytes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
 
 
-def row_set(folder: Path, drop: tuple[str, ...] = ()) -> list[str]:
-    rows = pq.read_table(folder).to_pylist()
-    return sorted(repr(sorted((k, v) for k, v in row.items() if k not in drop)) for row in rows)
-
-
 def test_stage1_on_the_portable_runner_writes_the_same_bytes(tmp_path, worker_pool):
     make_sample(str(tmp_path / "raw"), pairs=200, seed=3, shard_size=100)
     base = ["--input", f"laion-en={tmp_path / 'raw'}"]
@@ -69,17 +64,14 @@ def test_stage1_on_the_portable_runner_writes_the_same_bytes(tmp_path, worker_po
     assert not (tmp_path / "portable" / "_work").exists()
 
 
-def test_stage2_on_the_portable_runner_writes_the_same_rows(tmp_path, worker_pool):
+def test_stage2_on_the_portable_runner_writes_the_same_bytes(tmp_path, worker_pool):
     manifest = make_stage2_sample(str(tmp_path / "annotated"), seed=0, per_set=12)
     args = [a.replace("OUTPUT", str(tmp_path / "annotated")) for a in manifest["stage2_args"]]
     default = stage2.run(args + ["--output", str(tmp_path / "default")])
     portable = stage2.run(args + ["--output", str(tmp_path / "portable")] + worker_pool)
-    for folder in ("samples", "rejected"):  # the same rows; their order follows the runner's bundles
-        assert row_set(tmp_path / "portable" / folder) == row_set(tmp_path / "default" / folder)
-    # packing groups follow arrival order on either runner: the same samples packed, the same tokens
-    packed = {name: pq.read_table(tmp_path / name / "packed", columns=["sample_uids", "doc_ids"]).to_pylist() for name in ("default", "portable")}
-    for rows in packed.values():
-        assert sum(len(r["doc_ids"]) for r in rows) == len(rows) * 2048
-    assert {u for r in packed["portable"] for u in r["sample_uids"]} == {u for r in packed["default"] for u in r["sample_uids"]}
-    assert portable["total"]["samples"] == default["total"]["samples"] == len(row_set(tmp_path / "default" / "samples"))
-    assert portable["total"]["rejected"] == default["total"]["rejected"] > 0
+    for folder in ("samples", "packed", "rejected"):  # files named and filled by uid groups, on any runner
+        assert file_bytes(tmp_path / "portable" / folder) == file_bytes(tmp_path / "default" / folder)
+        assert len(file_bytes(tmp_path / "default" / folder)) >= 7  # a file per task at least
+    assert (tmp_path / "portable" / "report.json").read_bytes() == (tmp_path / "default" / "report.json").read_bytes()
+    assert portable["total"]["samples"] == default["total"]["samples"] == pq.read_table(tmp_path / "default" / "samples").num_rows
+    assert portable["total"]["rejected"] == default["total"]["rejected"] == pq.read_table(tmp_path / "default" / "rejected").num_rows > 0

@@ -1,13 +1,17 @@
 """Stage 2 and sft end to end: make-sample -> stage1 -> stage2 (curated captions + every annotated data
 set) -> samples/ and packed/; exact counts and rejects against what the samples planted."""
 
+import hashlib
 import json
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
 
+from formats.ids import sample_uid
 from formats.tokenizer import PAD_ID, QwenTokenizer
 from pipelines import stage1, stage2
+from pipelines.sink import group_of
 from synthetic.raw_corpus import make_sample
 from synthetic.annotated_sets import make_stage2_sample
 
@@ -93,7 +97,8 @@ def test_sft_conversations(runs):
     samples = table(root / "sft" / "samples")
     assert len(samples) == chat["total"]["samples"] == sft["samples"]
     assert {(r["key"], r["reason"]) for r in table(root / "sft" / "rejected")} == {(p["key"], p["reason"]) for p in sft["planted"]}
-    row = samples[0]
+    number = lambda row: int(row["key"].rsplit("_", 1)[1])  # noqa: E731
+    row = min((r for r in samples if number(r) % 7 != 3), key=number)  # one without its own system turn
     assert row["text"].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
     assert len(row["images"]) == row["text"].count("<img>") == len(row["image_refs"])
     assert json.loads((root / "sft" / "report.json").read_text())["stage"] == "sft"
@@ -108,3 +113,23 @@ def test_mix_tasks_packs_every_sample_into_mixed_sequences(runs, tmp_path):
     assert {row["task"] for row in packed} == {"mixed"}
     assert {uid for row in packed for uid in row["sample_uids"]} == samples
     assert mixed["tasks"]["mixed"]["packed"]["sequences"] == len(packed)
+
+
+def file_digests(folder) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_rerun_writes_the_same_bytes(runs, tmp_path):
+    root, manifest, _, _ = runs
+    args = [a.replace("OUTPUT", str(root / "annotated")) for a in manifest["stage2_args"]]
+    args += ["--source", f"caption:curated={root / 'stage1' / 'curated'}"]
+    stage2.run(args + ["--output", str(tmp_path / "again")])
+    assert file_digests(tmp_path / "again") == file_digests(root / "out")
+
+
+def test_packing_groups_spread_a_task_over_groups_of_about_pack_group():
+    uids = [sample_uid("caption", "laion", str(i)) for i in range(20_000)]
+    groups = Counter(group_of(uid, len(uids), 1000) for uid in uids)
+    assert sorted(groups) == [(i, 20) for i in range(20)]
+    assert 850 < min(groups.values()) and max(groups.values()) < 1150
+    assert group_of(uids[0], 10, 4096) == (0, 1)  # fewer samples than one group: one group
