@@ -25,8 +25,12 @@ MANIFEST = "manifest"
 
 @dataclass(frozen=True)
 class Input:
+    """One --input: its source name, layout, the path or glob given, and the files the launcher found
+    there (for the checks and counts before the run; the pipeline lists them again itself)."""
+
     source: str
     layout: str
+    path: str
     files: tuple[str, ...]
 
 
@@ -50,6 +54,17 @@ def _parquet_layout(files: list[str]) -> str:
     return MANIFEST
 
 
+def layout_files(files: list[str], layout: str) -> tuple[str, ...]:
+    """The files of a listing that a layout's reader takes."""
+    return tuple(f for f in files if f.endswith(".tar" if layout == WEBDATASET else manifest.SUFFIXES))
+
+
+def list_input(path: str, layout: str) -> tuple[str, ...]:
+    """The files of an input, listed where the pipeline runs (a worker), so that the job graph holds
+    the path, not the list (500,000 shards would be about 40 MB of graph)."""
+    return layout_files(match(path), layout)
+
+
 def resolve_input(spec: str) -> Input:
     """The source, layout and files of one --input, or a UsageError saying what is wrong."""
     source, path = parse_input_spec(spec)
@@ -59,12 +74,12 @@ def resolve_input(spec: str) -> Input:
         raise UsageError(f"--input {source}: cannot list {path}: {e}") from None
     if not files:
         raise UsageError(f"--input {source}: nothing matches {path}")
-    tars = [f for f in files if f.endswith(".tar")]
+    tars = layout_files(files, WEBDATASET)
     if tars:
-        return Input(source, WEBDATASET, tuple(tars))
-    usable = [f for f in files if f.endswith(manifest.SUFFIXES)]
+        return Input(source, WEBDATASET, path, tars)
+    usable = layout_files(files, MANIFEST)
     if not usable:
         raise UsageError(f"--input {source}: no .tar, .parquet, .csv, .tsv or .jsonl file in {path}")
     if all(f.endswith(".parquet") for f in usable) and _parquet_layout(usable) == IMG2DATASET_PARQUET:
-        return Input(source, IMG2DATASET_PARQUET, tuple(usable))
-    return Input(source, MANIFEST, tuple(usable))
+        return Input(source, IMG2DATASET_PARQUET, path, usable)
+    return Input(source, MANIFEST, path, usable)

@@ -32,7 +32,7 @@ from formats.sources.manifest import read_manifest
 from pipelines import stage1_report as report_lib
 from pipelines.connected_components import DEFAULT_ROUNDS
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
-from pipelines.inputs import MANIFEST, Input, resolve_input
+from pipelines.inputs import MANIFEST, Input, list_input, resolve_input
 from pipelines.runner import pipeline_options
 from pipelines.spread import Spread
 from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
@@ -67,16 +67,19 @@ class ReadFile(beam.DoFn):
 
 
 class ReadSource(beam.PTransform):
-    """All pairs of one --input: its files spread over the workers, each read whole by one of them."""
+    """All pairs of one --input: its files listed in the pipeline, spread over the workers, each read
+    whole by one of them."""
 
     def __init__(self, inp: Input):
         super().__init__()
         self.inp = inp
 
     def expand(self, pbegin):
+        layout = self.inp.layout
         return (
             pbegin
-            | "Files" >> beam.Create(self.inp.files)
+            | "Path" >> beam.Create([self.inp.path])
+            | "Files" >> beam.FlatMap(lambda path: list_input(path, layout))
             | "Spread" >> Spread()
             | "Read" >> beam.ParDo(ReadFile(self.inp.source, self.inp.layout, len(self.inp.files)))
         )

@@ -264,12 +264,14 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
         label = f"{source.task}:{source.format}[{i}]"
         read = (
             p
-            | f"Files[{label}]" >> beam.Create(source.files)
+            | f"Path[{label}]" >> beam.Create([source.path])
+            | f"Files[{label}]" >> beam.FlatMap((lambda path, fmt: (path,)) if chat else lambda path, fmt: source_files(fmt, path), source.format)
             | f"SpreadFiles[{label}]" >> Spread()
             | f"Convert[{label}]" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
             | f"Spread[{label}]" >> Spread()
         )
-        make = MakeChatSamples(settings["tokenizer"]) if chat else MakeSamples(settings["tokenizer"])
+        vocabulary = None if settings["tokenizer_from_package"] else settings["tokenizer"]  # a worker's own wheel
+        make = MakeChatSamples(vocabulary) if chat else MakeSamples(vocabulary)
         made = read | f"Samples[{label}]" >> beam.ParDo(make, source).with_outputs(REJECTED, main="samples")
         branches.append(made)
     samples = [b.samples for b in branches] | "AllSamples" >> beam.Flatten()
@@ -333,15 +335,20 @@ def _parse_source(spec: str, images: dict[str, str]) -> Source:
     return Source(task, fmt, path, images.get(fmt) or folder, _files(fmt, path))
 
 
-def _files(fmt: str, path: str) -> tuple[str, ...]:
-    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path."""
+def source_files(fmt: str, path: str) -> tuple[str, ...]:
+    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path.
+    Listed by the launcher to check it, and again in the pipeline, so the graph holds only the path."""
     if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or has_glob(path)):
         return (path,)
     patterns = [join(path, p) for p in PER_FILE[fmt]] if not has_glob(path) else [path]
-    files = sorted(f for pattern in patterns for f in match(pattern))
+    return tuple(sorted(f for pattern in patterns for f in match(pattern)))
+
+
+def _files(fmt: str, path: str) -> tuple[str, ...]:
+    files = source_files(fmt, path)
     if not files:
         raise UsageError(f"--source {fmt}={path}: no {' or '.join(PER_FILE[fmt])} files there")
-    return tuple(files)
+    return files
 
 
 def _parse_images(specs: list[str]) -> dict[str, str]:
@@ -393,11 +400,12 @@ def prepare(argv: list[str], chat: bool):
         sources = [_parse_source(spec, images) for spec in args.source]
     settings = {
         "stage": "sft" if chat else "stage2",
-        "sources": [s._asdict() for s in sources],
+        "sources": [{**s._asdict(), "files": len(s.files)} for s in sources],
         "seq_len": args.seq_len,
         "pack_group": args.pack_group,
         "mix_tasks": args.mix_tasks,
         "tokenizer": str(tokenizer.path),
+        "tokenizer_from_package": args.tokenizer is None,
     }
     return sources, args.output, settings, options
 
