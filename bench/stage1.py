@@ -4,7 +4,8 @@
 
 For each corpus size it runs `beam_runner.py stage1` as a user would (in-process runner, then
 multi-processing on every core), samples the proportional set size (PSS) of the whole process tree, and
-prints pairs/s, pairs/s per core and peak memory. The baseline, measured in the same run on the same
+prints pairs/s, pairs/s per core and peak memory; at the end, how peak memory grows from the smallest
+corpus to the largest (a pipeline that holds nothing proportional to the run stays flat). The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
 shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
 without reading or decoding, are what the 2,000 pairs/s per core target is about). The peer Data-Juicer's
@@ -16,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -46,24 +48,27 @@ def corpus(workdir: Path, pairs: int) -> Path:
 
 
 def plain_steps(raw: Path) -> dict[str, float]:
-    """Pairs/s of each step in a plain loop on one core, without Beam: the baseline.
+    """Pairs/s of each step in a plain loop on one core, without Beam: the baseline. One shard at a time.
 
     read: tar shards -> RawPairs; rules: the caption rules, language ID and image-header rules (no
     pixels); decode: the one decode + pHash of what passed; all: the three together, per input pair."""
     cfg = load_config(["bench"])["bench"]
     langid = LanguageId()
-    started = time.perf_counter()
-    pairs = [pair for shard in sorted(glob.glob(str(raw / "*.tar"))) for pair in read_webdataset("bench", shard)]
-    read = time.perf_counter() - started
-    started = time.perf_counter()
-    headers = [found.header for found in (first_reject(pair, cfg, langid) for pair in pairs) if found.reject is None]
-    rules = time.perf_counter() - started
-    started = time.perf_counter()
-    for header in headers:
-        decode_phash(header.image)
-    decode = time.perf_counter() - started
-    n = len(pairs)
-    return {"read": n / read, "rules": n / rules, "decode": len(headers) / decode, "all": n / (read + rules + decode)}
+    seconds = {"read": 0.0, "rules": 0.0, "decode": 0.0}
+    n = decoded = 0
+    for shard in sorted(glob.glob(str(raw / "*.tar"))):
+        started = time.perf_counter()
+        pairs = list(read_webdataset("bench", shard))
+        read = time.perf_counter()
+        headers = [found.header for found in (first_reject(pair, cfg, langid) for pair in pairs) if found.reject is None]
+        rules = time.perf_counter()
+        for header in headers:
+            decode_phash(header.image)
+        seconds["read"] += read - started
+        seconds["rules"] += rules - read
+        seconds["decode"] += time.perf_counter() - rules
+        n, decoded = n + len(pairs), decoded + len(headers)
+    return {"read": n / seconds["read"], "rules": n / seconds["rules"], "decode": decoded / seconds["decode"], "all": n / sum(seconds.values())}
 
 
 def _tree_pss_kb(pid: int) -> int:
@@ -112,12 +117,14 @@ def run_stage1(raw: Path, out: Path, workers: int) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--pairs", type=int, nargs="+", default=[20_000, 100_000, 300_000])
     parser.add_argument("--workdir", default="/tmp/qwen-vl-bench")
+    parser.add_argument("--remove-corpora", action="store_true", help="delete each corpus after its runs (300,000 pairs take about 27 GB)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     cores = os.cpu_count()
     print(f"machine: {cores} cores, python {sys.version.split()[0]}")
+    peaks: dict[int, dict[int, float]] = {}
     for pairs in args.pairs:
         print(f"\n{pairs:,} pairs")
         raw = corpus(workdir, pairs)
@@ -128,7 +135,10 @@ def main() -> None:
             f"decode + pHash {steps['decode']:,.0f} images/s; all together {baseline:,.0f} pairs/s (the baseline)"
         )
         for workers in sorted({1, cores}):
-            seconds, peak_gb, done = run_stage1(raw, workdir / f"out-{pairs}-{workers}", workers)
+            out = workdir / f"out-{pairs}-{workers}"
+            seconds, peak_gb, done = run_stage1(raw, out, workers)
+            shutil.rmtree(out)  # a 300,000-pair run writes tens of GB
+            peaks.setdefault(workers, {})[pairs] = peak_gb
             rate = done / seconds
             print(
                 f"  stage1, {workers} core(s): {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, "
@@ -136,6 +146,14 @@ def main() -> None:
                 f"ratio to baseline {rate / workers / baseline:.2f}; "
                 f"{rate / workers / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
             )
+        if args.remove_corpora:
+            shutil.rmtree(raw)
+
+    smallest, largest = min(args.pairs), max(args.pairs)
+    if smallest != largest:
+        print(f"\nmemory growth, peak PSS at {largest:,} pairs over {smallest:,} (target: within 15%, flat)")
+        for workers, by_pairs in peaks.items():
+            print(f"  {workers} core(s): {by_pairs[smallest]:.2f} -> {by_pairs[largest]:.2f} GB = {by_pairs[largest] / by_pairs[smallest]:.2f}x")
 
 
 if __name__ == "__main__":
