@@ -14,14 +14,15 @@ node in small-star; copies of one edge are dropped once, after the last round.
 
 The rounds are unrolled in the graph (`rounds` of them). Chains converge slowest: measured with this
 module's own step functions, a chain of 100,000 nodes in random order settles in 13 rounds, in sorted
-order in 17, and a chain of 1,000,000 nodes in 20; stars settle in one. After the last round a check
-counts the nodes that are not settled (a node with two different parents, or a parent that has a parent
-itself); `NodeRoots` fails loudly with the round count if there is one, so a wrong answer is never
-returned.
+order in 17, and a chain of 1,000,000 nodes in sorted order in 20; stars settle in one. After the last
+round a check counts the nodes that are not settled (a node with two different parents, or a parent
+that has a parent itself); `NodeRoots` fails loudly with the round count if there is one, so a wrong
+answer is never returned.
 
-Cost per edge and round: two shuffles of a pair of node ids (two 16-character hashes: ~50 bytes with
-the runner's framing); at 5B input pairs, with about 1B near-duplicate edges, 24 rounds move about
-2.4 TB through the shuffle, spread over every worker, with no per-worker state beyond one node's group.
+Cost per edge and round: three shuffled records of a pair of node ids (the edge both ways, then once;
+two 16-character hashes, ~50 bytes each with the runner's framing); at 5B input pairs, with about 0.5B
+near-duplicate edges, 24 rounds move about 1.8 TB through the shuffle, spread over every worker, with no
+per-worker state beyond one node's group.
 """
 
 import apache_beam as beam
