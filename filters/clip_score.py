@@ -29,6 +29,8 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import ToTensor
 
+from formats.files import local_copy
+
 LOCAL_DIR = "local-dir:"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
@@ -203,10 +205,19 @@ class _DropRandomInitWarning(logging.Filter):
         return not str(record.msg).startswith("No pretrained weights loaded")
 
 
+def local_model(model: str, pretrained: str | None) -> tuple[str, str | None]:
+    """`model` and `pretrained` with a remote folder (local-dir:gs://...) or weights file (gs://, s3://)
+    copied to this machine once (formats.files.local_copy); names and tags as they are."""
+    if model.startswith(LOCAL_DIR):
+        model = LOCAL_DIR + local_copy(model[len(LOCAL_DIR) :])
+    return model, pretrained and local_copy(pretrained)
+
+
 def load_preprocessor(model: str, pretrained: str | None) -> ClipPreprocessor:
     """The transform and tokenizer of `model` without its weights (built on torch's meta device: no
     memory, no time), for CPU workers that only preprocess. Same checks as load_scorer. With a pretrained
     tag, open_clip still fetches the weights file (from its cache once load_scorer has)."""
+    model, pretrained = local_model(model, pretrained)
     check_model(model, pretrained)
     drop = _DropRandomInitWarning()
     logging.getLogger().addFilter(drop)
@@ -220,8 +231,11 @@ def load_preprocessor(model: str, pretrained: str | None) -> ClipPreprocessor:
 
 def load_scorer(model: str, pretrained: str | None, device: str | None = None, precision: str | None = None) -> ClipScorer:
     """An open_clip model with its weights, in eval mode: `model` is a built-in name (pretrained: a tag or
-    a weights file), `local-dir:PATH` or `hf-hub:ORG/REPO` (pretrained: None). Raises ClipError."""
-    info = check_model(model, pretrained)
+    a weights file), `local-dir:PATH` or `hf-hub:ORG/REPO` (pretrained: None); a folder or file on gs://,
+    s3:// or hdfs:// is copied to this machine first, once. Raises ClipError."""
+    given = model
+    model, pretrained = local_model(model, pretrained)
+    info = {**check_model(model, pretrained), "model": given}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ClipError(f"CLIP device {device!r}: torch sees no CUDA device")

@@ -3,10 +3,13 @@ reader of input data goes through here, and none imports Beam (so each runs and 
 Remote paths need the filesystem pyarrow has for their scheme (its wheels include GCS and S3)."""
 
 import fnmatch
+import hashlib
 import io
 import os
 import posixpath
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
@@ -77,6 +80,26 @@ def match(path: str) -> list[str]:
     found = [posixpath.relpath(info.path, inner) for info in infos if info.type == pafs.FileType.File]
     found = [join(base, f) if base else f for f in found]
     return sorted(f for f in found if fnmatch.fnmatchcase(f, path))
+
+
+def local_copy(path: str) -> str:
+    """A remote file or folder (gs://, s3://, hdfs://: a model's weights) copied once per machine into
+    the temporary folder, under a name of its own; returns the local path. A local path as it is. A
+    worker calls this where the launcher's paths are not visible: remote paths are the same everywhere."""
+    if "://" not in path or path.startswith("file://"):
+        return path
+    name = posixpath.basename(path.rstrip("/")) or "model"
+    target = os.path.join(tempfile.gettempdir(), "qwen-vl-data-models", hashlib.blake2b(path.encode(), digest_size=8).hexdigest(), name)
+    if os.path.exists(target):
+        return target
+    partial = f"{target}.partial-{os.getpid()}"
+    os.makedirs(partial if is_dir(path) else os.path.dirname(partial), exist_ok=True)
+    for source in match(path):
+        destination = os.path.join(partial, posixpath.basename(source)) if is_dir(path) else partial
+        with open_file(source, compression=None) as f, open(destination, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 22)
+    os.replace(partial, target)  # whole or not at all; another process that got there first wins
+    return target
 
 
 def tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -179,3 +179,34 @@ def test_errors(tmp_path, model):
         assert message(model, None, "cuda") == "CLIP device 'cuda': torch sees no CUDA device"
     with pytest.raises(ClipError, match=re.escape("has no weights")):
         load_preprocessor("ViT-L-14", None)  # the CPU side refuses too, before any work
+
+
+def test_a_model_on_a_remote_filesystem_is_copied_once_and_scores_the_same(model, tmp_path, monkeypatch):
+    """gs://bucket/... served from a local folder through pyarrow's filesystem, as a worker would read it."""
+    import pyarrow.fs as pafs
+
+    import formats.files
+
+    bucket = Path(model.removeprefix("local-dir:")).parent
+    real_resolve = formats.files._resolve
+
+    def resolve(path):
+        if path.startswith("gs://bucket/"):
+            return pafs.LocalFileSystem(), str(bucket / path.removeprefix("gs://bucket/"))
+        return real_resolve(path)
+
+    monkeypatch.setattr(formats.files, "_resolve", resolve)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "worker-tmp"))
+    (tmp_path / "worker-tmp").mkdir()
+    remote = f"local-dir:gs://bucket/{Path(model.removeprefix('local-dir:')).name}"
+    scorer = load_scorer(remote, None)
+    copied = list((tmp_path / "worker-tmp" / "qwen-vl-data-models").glob("*/*"))
+    assert [sorted(p.name for p in c.iterdir()) for c in copied] == [["open_clip_config.json", "open_clip_model.safetensors"]]
+    assert scorer.describe()["model"] == remote and scorer.describe()["weights"] == f"{copied[0]}/open_clip_model.safetensors"
+    assert scorer.describe()["random_weights"] is True
+    mtime = (copied[0] / "open_clip_model.safetensors").stat().st_mtime_ns
+    load_preprocessor(remote, None)  # a second load on the machine takes the copy
+    assert (copied[0] / "open_clip_model.safetensors").stat().st_mtime_ns == mtime
+    local = load_scorer(model, None)
+    pixels, tokens = local.preprocess(images()[0]).unsqueeze(0), local.tokenize(["a red square"])
+    assert scorer.score(pixels, tokens) == local.score(pixels, tokens)
