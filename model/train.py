@@ -118,12 +118,14 @@ RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "stop
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description="Train Qwen-VL, one stage at a time (see the module docstring).")
+    p = ArgumentParser(prog=PROG, description="Train Qwen-VL, one stage at a time (see the module docstring).",
+                       epilog="REQUIRED: --stage, --data, --preset and --output, on the command line or in --config. "
+                              "Options left out take the stage and model presets' values (model/config.py).")
     a = p.add_argument
-    a("--stage", type=int, choices=sorted(STAGES), help="1, 2 or 3 (model/config.py STAGES)")
-    a("--data", action="append", metavar="GLOB", help="Parquet folder, file or glob (repeatable)")
-    a("--preset", help=f"model size: {', '.join(PRESETS)}")
-    a("--output", metavar="DIR", help="checkpoints, metrics.jsonl, config.json")
+    a("--stage", type=int, choices=sorted(STAGES), help="REQUIRED: 1, 2 or 3 (model/config.py STAGES)")
+    a("--data", action="append", metavar="GLOB", help="REQUIRED: Parquet folder, file or glob (repeatable): stage 1 curated/, stages 2 and 3 packed/")
+    a("--preset", help=f"REQUIRED: model size: {', '.join(PRESETS)}")
+    a("--output", metavar="DIR", help="REQUIRED: checkpoints, metrics.jsonl, config.json")
     a("--config", metavar="FILE.toml", help="overrides of the presets (options override it in turn)")
     a("--resume", action="store_true", default=None, help="continue from DIR/latest")
     a("--init-vision", metavar="PATH", help="OpenCLIP checkpoint for the ViT (model/weights.py)")
@@ -135,14 +137,14 @@ def build_parser() -> ArgumentParser:
     a("--steps", type=int, help="optimizer steps (the LR schedule's length)")
     a("--stop-at", type=int, metavar="STEP", help="stop after this step (checkpoint written), schedule unchanged")
     a("--lr", type=float, help="peak learning rate")
-    a("--min-lr", type=float)
-    a("--warmup-steps", type=int)
-    a("--image-size", type=int, metavar="PX")
-    a("--seq-len", type=int, metavar="T")
+    a("--min-lr", type=float, help="learning rate at the end of the cosine schedule")
+    a("--warmup-steps", type=int, help="linear warm-up steps before the cosine")
+    a("--image-size", type=int, metavar="PX", help="ViT input side (224 in stage 1, 448 after)")
+    a("--seq-len", type=int, metavar="T", help="tokens per sequence (stage 1 pads each pair to it; packed rows must have it)")
     a("--vit-layer-decay", type=float, metavar="D", help="0 = frozen ViT")
-    a("--betas", type=float, nargs=2, metavar=("B1", "B2"))
+    a("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas")
     a("--eps", type=float, help="AdamW epsilon")
-    a("--weight-decay", type=float)
+    a("--weight-decay", type=float, help="AdamW weight decay")
     a("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
     a("--trainable", help="comma-separated parts: vision, adapter, llm")
     a("--compile", action="store_true", default=None, help="torch.compile each transformer block")

@@ -264,7 +264,10 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
 
 
 def parse_args(argv: list[str]):
-    parser = ArgumentParser(prog="beam_runner.py stage1", description="Stage-1 curation of raw image-text pairs.")
+    parser = ArgumentParser(prog="beam_runner.py stage1", description="Stage-1 curation of raw image-text pairs.",
+                            epilog="Any other option is a Beam pipeline option and goes to Beam as it is (e.g. --runner DataflowRunner "
+                                   "--project P --region R --temp_location gs://..., or --direct_running_mode=multi_processing "
+                                   "--direct_num_workers=2); a misspelt one is an error before the run.")
     parser.add_argument("--input", action="append", required=True, metavar="SOURCE=PATH", help="a source's files: a folder, a file or a glob (repeatable)")
     parser.add_argument("--output", required=True, help="folder for curated/, rejected/ and report.json")
     parser.add_argument("--config", help="TOML thresholds per source, on top of filters/stage1_defaults.toml")

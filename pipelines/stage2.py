@@ -372,7 +372,9 @@ def _common_options(parser) -> None:
 def prepare(argv: list[str], chat: bool):
     """Everything checked before the pipeline starts; returns (sources, output, settings, Beam options)."""
     prog = "beam_runner.py sft" if chat else "beam_runner.py stage2"
-    parser = ArgumentParser(prog=prog, description="Stage-3 ChatML samples." if chat else "Stage-2 multi-task samples.")
+    parser = ArgumentParser(prog=prog, description="Stage-3 ChatML samples." if chat else "Stage-2 multi-task samples.",
+                            epilog="Any other option is a Beam pipeline option and goes to Beam as it is (e.g. --runner DataflowRunner ...); "
+                                   "a misspelt one is an error before the run.")
     if chat:
         parser.add_argument("--input", required=True, help="a fine-tuning JSON list: id, conversations of from/value")
         parser.add_argument("--images", help="the folder image paths are relative to (default: the input's folder)")

@@ -122,3 +122,17 @@ def test_report_of_a_stage2_folder(tmp_path, capsys):
     assert run(["report", str(tmp_path), "--chart", str(tmp_path / "f.png")], capsys) == (2, f"error: --chart: {tmp_path} is a stage2 run; the funnel chart is stage 1's")
     (tmp_path / "report.json").write_text("{}")
     assert run(["report", str(tmp_path)], capsys) == (2, f"error: {tmp_path}/report.json is not a report of stage1, stage2 or sft")
+
+
+def test_command_help_says_what_passes_to_beam_and_what_is_required(capsys):
+    for command in ("stage1", "stage2", "sft"):
+        with pytest.raises(SystemExit) as exit:
+            beam_runner.main([command, "--help"])
+        assert exit.value.code == 0
+        assert "Any other option is a Beam pipeline option and goes to Beam as it is" in " ".join(capsys.readouterr().out.split())
+    from model.train import build_parser
+
+    actions = [a for a in build_parser()._actions if a.dest != "help"]
+    assert [a.dest for a in actions if not a.help] == []  # every option documented
+    assert [a.dest for a in actions if a.help.startswith("REQUIRED")] == ["stage", "data", "preset", "output"]
+    assert "REQUIRED: --stage, --data, --preset and --output" in build_parser().format_help().replace("\n", " ")
