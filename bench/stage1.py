@@ -2,10 +2,13 @@
 
     python bench/stage1.py [--pairs 20000 100000] [--workdir /tmp/qwen-vl-bench]
 
-For each corpus size it runs `beam_runner.py stage1` as a user would (in-process runner, then
-multi-processing on every core), samples the proportional set size (PSS) of the whole process tree, and
-prints pairs/s, pairs/s per core and peak memory; at the end, how peak memory grows from the smallest
-corpus to the largest (a pipeline that holds nothing proportional to the run stays flat). The baseline, measured in the same run on the same
+For each corpus size it runs `beam_runner.py stage1` as a user would: the in-process runner (one core),
+multi_processing with two workers, and the portable runner with an external worker pool (the path Spark
+and Flink take). It samples the proportional set size (PSS) of the launcher and of the SDK worker
+processes, and prints pairs/s, pairs/s per core and peak memory; at the end, how peak memory grows from
+the smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it
+grows with the run by design: the slim dedup records, about 1 KB a pair in Python); what must stay flat
+is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
 shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
 without reading or decoding, are what the 2,000 pairs/s per core target is about). The peer Data-Juicer's
@@ -18,6 +21,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -71,60 +75,103 @@ def plain_steps(raw: Path) -> dict[str, float]:
     return {"read": n / seconds["read"], "rules": n / seconds["rules"], "decode": decoded / seconds["decode"], "all": n / sum(seconds.values())}
 
 
-def _tree_pss_kb(pid: int) -> int:
-    """PSS of a process and all its descendants, in KiB, from /proc."""
-    total, todo = 0, [pid]
+def _pss_kb(pid: int) -> int:
+    """PSS of one process, in KiB, from /proc (0 once it is gone)."""
+    try:
+        return sum(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith("Pss:"))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
     while todo:
         p = todo.pop()
         try:
-            for line in open(f"/proc/{p}/smaps_rollup"):
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+            children = [int(c) for task in os.listdir(f"/proc/{p}/task") for c in open(f"/proc/{p}/task/{task}/children").read().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+        found += children
+        todo += children
+    return found
 
 
-def run_stage1(raw: Path, out: Path, workers: int) -> tuple[float, float, int]:
-    """(seconds, peak PSS in GB, pairs) of one stage1 run as a subprocess."""
-    command = [sys.executable, str(ROOT / "beam_runner.py"), "stage1", "--input", f"bench={raw}", "--output", str(out)]
-    if workers > 1:
-        command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-    peak = 0
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    done = threading.Event()
+class PeakMemory:
+    """Peak PSS, sampled every 0.2 s, of a launcher process and of the SDK worker processes: the
+    launcher's children, or the processes of an external worker pool."""
 
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _tree_pss_kb(process.pid))
+    def __init__(self, launcher: int, pool: int | None = None):
+        self.launcher, self.pool = launcher, pool
+        self.peak_launcher = self.peak_workers = self.peak_total = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample)
+        self.thread.start()
+
+    def _sample(self):
+        while not self.done.is_set():
+            workers = _descendants(self.pool) if self.pool else _descendants(self.launcher)
+            launcher, in_workers = _pss_kb(self.launcher), sum(map(_pss_kb, workers))
+            self.peak_launcher = max(self.peak_launcher, launcher)
+            self.peak_workers = max(self.peak_workers, in_workers)
+            self.peak_total = max(self.peak_total, launcher + in_workers)
             time.sleep(0.2)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.thread.join()
+        gb = 1024 * 1024
+        return {"total": self.peak_total / gb, "launcher": self.peak_launcher / gb, "workers": self.peak_workers / gb}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float], int]:
+    """(seconds, peak PSS in GB: total, launcher, workers; pairs) of one stage1 run as a subprocess.
+    mode: "1" (in-process), "2" (multi_processing, 2 workers) or "portable" (PortableRunner, an
+    external worker pool: the launcher holds the job service and its in-memory shuffle, the pool's
+    processes are the SDK workers a cluster would run)."""
+    command = [sys.executable, str(ROOT / "beam_runner.py"), "stage1", "--input", f"bench={raw}", "--output", str(out)]
+    pool = None
+    if mode == "portable":
+        port = free_port()
+        pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command += ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{port}"]
+        time.sleep(2)
+    elif int(mode) > 1:
+        command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={mode}"]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    memory = PeakMemory(process.pid, pool.pid if pool else None)
     _, err = process.communicate()
-    done.set()
-    sampler.join()
+    peaks = memory.stop()
     seconds = time.perf_counter() - started
+    if pool:
+        pool.terminate()
+        pool.wait()
     if process.returncode:
         raise SystemExit(f"stage1 failed:\n{err[-2000:]}")
     pairs = json.loads((out / "report.json").read_text())["total"]["input"]
-    return seconds, peak / 1024 / 1024, pairs
+    return seconds, peaks, pairs
+
+
+MODES = {"1": "in-process runner, 1 core", "2": "multi_processing, 2 workers", "portable": "PortableRunner, external worker pool"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[20_000, 100_000, 300_000])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--workdir", default="/tmp/qwen-vl-bench")
     parser.add_argument("--remove-corpora", action="store_true", help="delete each corpus after its runs (300,000 pairs take about 27 GB)")
     args = parser.parse_args()
     workdir = Path(args.workdir)
-    cores = os.cpu_count()
-    print(f"machine: {cores} cores, python {sys.version.split()[0]}")
-    peaks: dict[int, dict[int, float]] = {}
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    peaks: dict[str, dict[int, dict[str, float]]] = {}
     for pairs in args.pairs:
         print(f"\n{pairs:,} pairs")
         raw = corpus(workdir, pairs)
@@ -134,26 +181,29 @@ def main() -> None:
             f"  plain loop, 1 core, no Beam: read {steps['read']:,.0f} pairs/s; rule steps {steps['rules']:,.0f} pairs/s; "
             f"decode + pHash {steps['decode']:,.0f} images/s; all together {baseline:,.0f} pairs/s (the baseline)"
         )
-        for workers in sorted({1, cores}):
-            out = workdir / f"out-{pairs}-{workers}"
-            seconds, peak_gb, done = run_stage1(raw, out, workers)
+        for mode in args.modes:
+            out = workdir / f"out-{pairs}-{mode}"
+            seconds, peak, done = run_stage1(raw, out, mode)
             shutil.rmtree(out)  # a 300,000-pair run writes tens of GB
-            peaks.setdefault(workers, {})[pairs] = peak_gb
+            peaks.setdefault(mode, {})[pairs] = peak
+            cores = 2 if mode == "2" else 1
             rate = done / seconds
             print(
-                f"  stage1, {workers} core(s): {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, "
-                f"{rate / workers:,.0f} per core; peak PSS {peak_gb:.2f} GB; "
-                f"ratio to baseline {rate / workers / baseline:.2f}; "
-                f"{rate / workers / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
+                f"  stage1, {MODES[mode]}: {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, {rate / cores:,.0f} per core; "
+                f"peak PSS {peak['total']:.2f} GB (launcher {peak['launcher']:.2f}, SDK workers {peak['workers']:.2f}); "
+                f"ratio to baseline {rate / cores / baseline:.2f}; "
+                f"{rate / cores / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
             )
         if args.remove_corpora:
             shutil.rmtree(raw)
 
     smallest, largest = min(args.pairs), max(args.pairs)
     if smallest != largest:
-        print(f"\nmemory growth, peak PSS at {largest:,} pairs over {smallest:,} (target: within 15%, flat)")
-        for workers, by_pairs in peaks.items():
-            print(f"  {workers} core(s): {by_pairs[smallest]:.2f} -> {by_pairs[largest]:.2f} GB = {by_pairs[largest] / by_pairs[smallest]:.2f}x")
+        print(f"\nmemory growth from {smallest:,} to {largest:,} pairs (target: within 15%, flat)")
+        for mode, by_pairs in peaks.items():
+            a, b = by_pairs[smallest], by_pairs[largest]
+            workers = f"; SDK workers {a['workers']:.2f} -> {b['workers']:.2f} GB = {b['workers'] / a['workers']:.2f}x" if a["workers"] else ""
+            print(f"  {MODES[mode]}: whole process tree {a['total']:.2f} -> {b['total']:.2f} GB = {b['total'] / a['total']:.2f}x{workers}")
 
 
 if __name__ == "__main__":

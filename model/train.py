@@ -88,7 +88,7 @@ import torch.distributed as dist
 from cli.usage import ArgumentParser, UsageError
 from formats.files import exists, has_glob, is_dir, list_files
 from model import checkpoint
-from model.config import ADAPTER, LLM, PRESETS, STAGES, VISION, ModelConfig, StageConfig
+from model.config import ADAPTER, LLM, PRESET_DEFAULTS, PRESETS, STAGES, VISION, ModelConfig, StageConfig
 from model.llm import supervised_targets
 from model.optim import lr_at, make_optimizer, set_lr
 from model.qwen_vl import QwenVL
@@ -245,7 +245,7 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         raise UsageError(f"--config {args.config}: unknown key {unknown[0]!r} (keys are the options' names with underscores, and [model.vision|adapter|llm] tables)")
     if isinstance(toml.get("data"), str):
         toml["data"] = [toml["data"]]
-    merged = {**toml, **cli}
+    merged = {**PRESET_DEFAULTS.get(cli.get("preset", toml.get("preset")), {}), **toml, **cli}
 
     for name in ("stage", "data", "preset", "output"):
         if merged.get(name) is None:
@@ -292,6 +292,11 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         changes[name] = value
     stage = dataclasses.replace(stage, **changes)
     _check_stage(stage, model)
+    notes = []
+    if stage.warmup_steps >= stage.steps:
+        notes.append(f"warm-up ({stage.warmup_steps} steps) is not shorter than the run ({stage.steps} steps): "
+                     f"the learning rate never reaches its peak {stage.lr:g}")
+        print(f"warning: {notes[-1]}", file=sys.stderr)
 
     run = {k: merged.get(k, default) for k, default in RUN_DEFAULTS.items()}
     for name in ("micro_batch", "save_every", "num_workers", "seed", "unit_rows", "stop_at"):
@@ -329,6 +334,7 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         world_size=world_size,
         accumulation=stage.global_batch // per_step,
         config_file=args.config,
+        notes=notes,
         **run,
     )
 

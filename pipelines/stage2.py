@@ -415,7 +415,7 @@ def prepare(argv: list[str], chat: bool):
 def run(argv: list[str], chat: bool = False) -> dict:
     """Run stage 2 (or sft) and return its report (also written to OUTPUT/report.json and printed)."""
     sources, output, settings, options = prepare(argv, chat)
-    clear_outputs(output, ["samples/*.parquet*", "packed/*.parquet*", "rejected/*.parquet*"], "files of an earlier run")
+    clear_outputs(output, ["samples/*.parquet*", "packed/*.parquet*", "rejected/*.parquet*", "report.json"], "files of an earlier run")
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, sources, output, settings, chat)
     with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:

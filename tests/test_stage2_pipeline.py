@@ -3,13 +3,16 @@ set) -> samples/ and packed/; exact counts and rejects against what the samples 
 
 import hashlib
 import json
+import shlex
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from formats.ids import sample_uid
 from formats.tokenizer import PAD_ID, QwenTokenizer
+from model import train
 from pipelines import stage1, stage2
 from pipelines.sink import group_of
 from synthetic.raw_corpus import make_sample
@@ -133,3 +136,25 @@ def test_packing_groups_spread_a_task_over_groups_of_about_pack_group():
     assert sorted(groups) == [(i, 20) for i in range(20)]
     assert 850 < min(groups.values()) and max(groups.values()) < 1150
     assert group_of(uids[0], 10, 4096) == (0, 1)  # fewer samples than one group: one group
+
+
+def readme_training_commands() -> list[list[str]]:
+    """The README's `python -m model.train ... --preset tiny` lines, split into arguments."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return [shlex.split(line)[3:] for line in readme.splitlines() if line.startswith("python -m model.train ") and "--preset tiny" in line]
+
+
+def test_the_readme_training_commands_run_as_written_on_the_pipelines_outputs(runs, tmp_path, capsys):
+    root, _, _, _ = runs
+    commands = readme_training_commands()
+    assert [argv[1] for argv in commands] == ["1", "2", "3"]
+    places = {"demo/stage1/": f"{root / 'stage1'}/", "demo/stage2/": f"{root / 'out'}/", "demo/sft/": f"{root / 'sft'}/", "runs/": f"{tmp_path}/"}
+    for argv in commands:
+        for demo, here in places.items():
+            argv = [arg.replace(demo, here) for arg in argv]
+        assert train.main(argv) == 0, argv
+        output = Path(argv[argv.index("--output") + 1])
+        metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+        assert (output / "latest").read_text().strip() == "step-4"
+    assert "warning" not in capsys.readouterr().err

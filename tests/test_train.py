@@ -336,6 +336,19 @@ def test_toml_config_and_options(tmp_path, packed):
     assert cfg.accumulation == 2 and cfg.world_size == 2 and cfg.files == [str(Path(packed) / "part-0.parquet")]
 
 
+def test_tiny_shrinks_the_stage_schedule_and_a_long_warm_up_is_warned_about(tmp_path, packed, capsys):
+    base = ["--stage", "1", "--preset", "tiny", "--data", packed, "--output", str(tmp_path / "o")]
+    cfg = train.resolve(train.build_parser().parse_args(base), 1)
+    assert (cfg.stage.global_batch, cfg.stage.steps, cfg.stage.warmup_steps, cfg.unit_rows) == (4, 4, 1, 1)
+    assert cfg.stage.lr == STAGES[1].lr and cfg.notes == [] and capsys.readouterr().err == ""
+    cfg = train.resolve(train.build_parser().parse_args(base + ["--warmup-steps", "6", "--global-batch", "8"]), 1)
+    assert cfg.stage.global_batch == 8
+    note = "warm-up (6 steps) is not shorter than the run (4 steps): the learning rate never reaches its peak 0.0002"
+    assert cfg.notes == [note] and capsys.readouterr().err == f"warning: {note}\n"
+    small = train.resolve(train.build_parser().parse_args(["--stage", "1", "--preset", "small", "--data", packed, "--output", str(tmp_path / "o")]), 1)
+    assert small.stage == STAGES[1] and small.unit_rows is None  # other presets keep the paper's
+
+
 def usage(argv, capsys) -> tuple[int, str]:
     code = train.main(argv)
     return code, capsys.readouterr().err.strip()
@@ -377,7 +390,7 @@ def test_usage_errors_are_one_line(tmp_path, packed, capsys):
         f"error: --init-llm {nope}: no such file or folder",
     )
     # too few shards for the readers: two row groups of 4 rows, 4 workers
-    assert usage([*base, "--data", packed, "--preset", "tiny", "--num-workers", "4"], capsys) == (
+    assert usage([*base, "--data", packed, "--preset", "tiny", "--num-workers", "4", "--unit-rows", "4"], capsys) == (
         2,
         "error: 2 data shards (row groups, or --unit-rows slices) for 4 readers (1 process(es) x 4 worker(s)): "
         "pass a smaller --unit-rows or fewer --num-workers",

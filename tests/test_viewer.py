@@ -5,6 +5,8 @@ import base64
 import io
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from formats.tokenizer import PAD_ID, QwenTokenizer
 from viewer.contact_sheet import COLOURS, render_html
 from viewer.describe import MAX_DECODED, describe
 from viewer.rows import human_size, kind_of
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -503,3 +507,17 @@ def test_describe_shows_ids_that_are_no_token(tmp_path):
                loss_mask=[0, 0, 1, 1, 1], images=[], image_refs=[])
     path = write(tmp_path / "bad.parquet", [row], SAMPLES)
     assert block(describe(str(path)), 0)[-1] == "    I[bad id 999999]⟦ am[bad id None]<|endoftext|>⟧"
+
+
+def test_render_a_decompression_bomb_without_decoding_it_or_a_warning(tmp_path):
+    out = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(out, "PNG", optimize=True)  # 144M px: above the bomb limit
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    write(folder / "part-0.parquet", [rejected_row(0, "image_too_large", "144,000,000 px", image=out.getvalue())], REJECTED)
+    sheet = tmp_path / "sheet.html"
+    done = subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "inspect", str(folder), "--rows", "1", "--render", str(sheet)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert "<PNG 12000x12000, 17.6 KB>" in done.stdout
+    assert '<div class="thumb none">cannot decode: 12000x12000 px, too large to render</div>' in sheet.read_text()

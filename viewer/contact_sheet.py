@@ -28,11 +28,15 @@ from formats.tokenizer import IMG_ID
 from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, image_summary, packed_refs, packing, sample_refs, show_value
 
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail
+MAX_RENDER_PIXELS = 89_478_485  # stage 1's max_image_pixels (PIL's bomb limit): larger ones are not decoded
 
 
 def _small_rgb(data: bytes, px: int) -> Image.Image:
-    """The image decoded as RGB, longer side at most `px` (never enlarged); PIL's errors raised."""
+    """The image decoded as RGB, longer side at most `px` (never enlarged); PIL's errors raised, and a
+    ValueError for an image above MAX_RENDER_PIXELS (a decompression bomb), which is never decoded."""
     image = Image.open(io.BytesIO(data))
+    if image.width * image.height > MAX_RENDER_PIXELS:
+        raise ValueError(f"{image.width}x{image.height} px, too large to render")
     image.draft("RGB", (px, px))  # JPEG: decode at a reduced scale, much faster
     image.thumbnail((px, px))
     if image.mode != "RGB":  # transparency over white, not black

@@ -15,6 +15,7 @@ is read per document: a run of one `doc_ids` value, whose position ids restart a
 import functools
 import io
 import os
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -33,6 +34,9 @@ TOKEN_BATCH_ROWS = 8  # the same for samples and packed rows, which hold 2048 id
 # buffered reads without pre-buffering fetch it page by page, only as far as the rows read.
 READ_OPTIONS = dict(pre_buffer=False, buffer_size=1 << 20)
 # What PIL raises on bad bytes, as in filters/image_rules.py.
+# Sizes are shown (and, past stage 1's limit, never decoded: viewer/contact_sheet.py): PIL's bomb warning
+# on opening a large image's header would only be noise in `inspect`'s output.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 PAIRS, SAMPLES, PACKED = "pairs", "samples", "packed"
