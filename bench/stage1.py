@@ -138,8 +138,9 @@ def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float]
     pool = None
     if mode == "portable":
         port = free_port()
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its workers run `python`
         pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         command += ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{port}"]
         time.sleep(2)
     elif int(mode) > 1:
