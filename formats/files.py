@@ -92,10 +92,10 @@ def local_copy(path: str) -> str:
     target = os.path.join(tempfile.gettempdir(), "qwen-vl-data-models", hashlib.blake2b(path.encode(), digest_size=8).hexdigest(), name)
     if os.path.exists(target):
         return target
-    partial = f"{target}.partial-{os.getpid()}"
-    os.makedirs(partial if is_dir(path) else os.path.dirname(partial), exist_ok=True)
+    partial, folder = f"{target}.partial-{os.getpid()}", is_dir(path)
+    os.makedirs(partial if folder else os.path.dirname(partial), exist_ok=True)
     for source in match(path):
-        destination = os.path.join(partial, posixpath.basename(source)) if is_dir(path) else partial
+        destination = os.path.join(partial, posixpath.basename(source)) if folder else partial
         with open_file(source, compression=None) as f, open(destination, "wb") as out:
             shutil.copyfileobj(f, out, 1 << 22)
     os.replace(partial, target)  # whole or not at all; another process that got there first wins

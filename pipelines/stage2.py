@@ -265,7 +265,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
         read = (
             p
             | f"Path[{label}]" >> beam.Create([source.path])
-            | f"Files[{label}]" >> beam.FlatMap((lambda path, fmt: (path,)) if chat else lambda path, fmt: source_files(fmt, path), source.format)
+            | f"Files[{label}]" >> beam.FlatMap(source_files, None if chat else source.format)
             | f"SpreadFiles[{label}]" >> Spread()
             | f"Convert[{label}]" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
             | f"Spread[{label}]" >> Spread()
@@ -335,9 +335,10 @@ def _parse_source(spec: str, images: dict[str, str]) -> Source:
     return Source(task, fmt, path, images.get(fmt) or folder, _files(fmt, path))
 
 
-def source_files(fmt: str, path: str) -> tuple[str, ...]:
-    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path.
-    Listed by the launcher to check it, and again in the pipeline, so the graph holds only the path."""
+def source_files(path: str, fmt: str | None) -> tuple[str, ...]:
+    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path
+    (fmt None: the sft input). Listed by the launcher to check it, and again in the pipeline, so the
+    graph holds only the path."""
     if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or has_glob(path)):
         return (path,)
     patterns = [join(path, p) for p in PER_FILE[fmt]] if not has_glob(path) else [path]
@@ -345,7 +346,7 @@ def source_files(fmt: str, path: str) -> tuple[str, ...]:
 
 
 def _files(fmt: str, path: str) -> tuple[str, ...]:
-    files = source_files(fmt, path)
+    files = source_files(path, fmt)
     if not files:
         raise UsageError(f"--source {fmt}={path}: no {' or '.join(PER_FILE[fmt])} files there")
     return files

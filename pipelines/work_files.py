@@ -38,6 +38,10 @@ class WriteWorkFiles(beam.DoFn):
         self.folder = folder
 
     def start_bundle(self):
+        self._reset()
+
+    def _reset(self):
+        """No file open: the next row starts one."""
         self.path, self.writer, self.stream, self.rows, self.buffer = None, None, None, 0, []
 
     def process(self, row: dict):
@@ -67,7 +71,7 @@ class WriteWorkFiles(beam.DoFn):
         self.writer.close()
         self.stream.close()
         path = self.path
-        self.start_bundle()
+        self._reset()
         return path
 
 
