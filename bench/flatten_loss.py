@@ -1,14 +1,15 @@
-"""Does Beam 2.77's multi_processing mode lose elements when large streams are flattened?
+"""Rows lost by Beam 2.77's local runner with several workers, and the setting that stops it.
 
-    python bench/flatten_loss.py [--rows 20000 50000] [--payload-kb 20] [--workers 2]
+    python bench/flatten_loss.py [--rows 20000 50000] [--payload-kb 20] [--workers 2] [--flush-ms 1000]
 
-An earlier stage-1 graph flattened the rejects of its first step with those of a later one and, under
-`--direct_running_mode=multi_processing`, wrote fewer rejects than it counted (seen once at 20,000
-pairs). This script rebuilds that shape without the rest of stage 1: rows with a payload of image-like
-bytes go through a DoFn with two outputs; one output goes through a second DoFn with two outputs; the
-rejects of both are flattened and written to Parquet, as is everything else, and every row must come
-out exactly once. It runs the same graph on the in-process runner and on multi_processing, and prints
-the rows written by each, so a loss shows as a difference, with the row count and payload it took.
+Rows with a payload of image-like bytes go through a DoFn with two outputs; one output goes through a
+second DoFn with two outputs; the rejects of both are flattened and written to Parquet, as is everything
+else, and every row must come out exactly once. The same graph runs on the in-process runner, on
+multi_processing with Beam's data plane as it ships (the runner flushes what it sends to a worker every
+`--flush-ms`, 1000 by default, racing its own writes: pipelines/runner.py), and on multi_processing with
+our commands' setting (`send_bundle_inputs_whole`: no timed flush). A loss shows as a difference, with
+the row count and payload it took. A flattened stream is the victim because its buffer holds one chunk
+per producing bundle, so sending it to a worker is many writes, any of which a flush can swallow.
 """
 
 import argparse
@@ -23,6 +24,11 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.runner import send_bundle_inputs_whole  # noqa: E402
 
 SCHEMA = pa.schema([("uid", pa.string()), ("stage", pa.string()), ("payload", pa.binary())])
 
@@ -62,18 +68,26 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 50_000])
     parser.add_argument("--payload-kb", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--flush-ms", type=int, default=worker_handlers.DATA_BUFFER_TIME_LIMIT_MS,
+                        help="the runner's timed flush in Beam's data plane as shipped (Beam's default: 1000)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, apache-beam {beam.__version__}")
+    workers = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    configurations = (("in-process", [], None), (f"multi_processing x{args.workers}, flush every {args.flush_ms} ms", workers, args.flush_ms),
+                      (f"multi_processing x{args.workers}, send_bundle_inputs_whole", workers, 0))
     for rows in args.rows:
         expected = {"kept": rows - (rows + 2) // 3 - (rows + 1) // 3, "rejected": (rows + 2) // 3 + (rows + 1) // 3}
-        for name, options in (("in-process", []), (f"multi_processing x{args.workers}", ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"])):
+        for name, options, flush_ms in configurations:
+            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = args.flush_ms
+            if flush_ms == 0:
+                send_bundle_inputs_whole()
             out = Path(tempfile.mkdtemp(prefix="flatten-loss-"))
             started = time.perf_counter()
             found = run(rows, args.payload_kb, out, options)
             shutil.rmtree(out)
             verdict = "all rows" if found == expected else f"LOST {sum(expected.values()) - sum(found.values())} rows"
             print(f"  {rows:,} rows of {args.payload_kb} KB, {name}: kept {found['kept']:,} of {expected['kept']:,}, "
-                  f"rejected {found['rejected']:,} of {expected['rejected']:,}: {verdict} ({time.perf_counter() - started:.0f} s)")
+                  f"rejected {found['rejected']:,} of {expected['rejected']:,}: {verdict} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,7 @@ class Screen(beam.DoFn):
     """The per-pair rules (filters.curate.curate: caption rules, language ID, image rules, the decode):
     candidates out the main output, rejects tagged. The fastText model is loaded once per worker.
 
-    One DoFn with two outputs, each written by its own sink: graphs that flattened a second step's
-    rejects with the first's lost some rejects under the FnApiRunner's multi_processing mode (Beam 2.77,
-    seen at 20,000 pairs, cause not pinned down), so no large stream is ever flattened here."""
+    One DoFn with two outputs, each written by its own sink."""
 
     def __init__(self, configs: dict[str, SourceConfig], langid_model: str, keep_rejected_images: bool):
         self.configs, self.langid_model, self.keep_rejected_images = configs, langid_model, keep_rejected_images

@@ -136,13 +136,3 @@ def test_command_help_says_what_passes_to_beam_and_what_is_required(capsys):
     assert [a.dest for a in actions if not a.help] == []  # every option documented
     assert [a.dest for a in actions if a.help.startswith("REQUIRED")] == ["stage", "data", "preset", "output"]
     assert "REQUIRED: --stage, --data, --preset and --output" in build_parser().format_help().replace("\n", " ")
-
-
-def test_local_runners_with_several_workers_are_warned_about(caplog):
-    from pipelines.runner import LOCAL_WORKERS_WARNING, pipeline_options
-
-    for args, warned in ((["--direct_running_mode=multi_processing", "--direct_num_workers=2"], True),
-                         (["--runner", "PortableRunner", "--job_endpoint", "embed"], True), ([], False), (["--direct_num_workers=1"], False)):
-        caplog.clear()
-        pipeline_options(args, "stage1")
-        assert [r.getMessage() for r in caplog.records if r.name == "runner"] == ([LOCAL_WORKERS_WARNING] if warned else []), args
