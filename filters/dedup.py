@@ -387,7 +387,8 @@ def bucket_pairs(phashes: list[str], k: int) -> list[tuple[str, str, int]]:
     return [(*sorted((phashes[i], phashes[j])), int(d)) for (i, j), d in zip(pairs.tolist(), distances.tolist())]
 
 
-def preference(caption: str, uid: str) -> tuple[int, str]:
-    """Sort key of the keeper rule: the longest caption first (Qwen-VL keeps the longest caption of an
-    image); ties go to the smallest uid, so reruns keep the same pair."""
-    return -len(caption), uid
+def preference(caption_chars: int, uid: str) -> tuple[int, str]:
+    """Sort key of the keeper rule, from the caption's length in characters: the longest caption first
+    (Qwen-VL keeps the longest caption of an image); ties go to the smallest uid, so reruns keep the same
+    pair."""
+    return -caption_chars, uid

@@ -1,8 +1,8 @@
 """Dedup across the whole run, in Beam: exact and near-duplicate images, one pair kept per image.
 
-Every decision is made on slim records (uid, pHash, cleaned caption, digest of the image bytes, and an
-opaque `where` the caller uses to join the answer back), never on rows that carry images, and no step
-holds more than one key's group: nothing grows with the run on one worker.
+Every decision is made on slim records (uid, pHash, the cleaned caption's length, a digest of the image
+bytes, and an opaque `where` the caller uses to join the answer back), never on rows that carry images,
+and no step holds more than one key's group: nothing grows with the run on one worker.
 
 1. Nodes are the distinct pHashes. Identical bytes always give identical pHashes, so exact copies (and
    images with the same pixels) share a node, however many there are: blank images make one node.
@@ -40,18 +40,18 @@ DEFAULT_MAX_DISTANCE = 4  # bits of 64: re-encodes, resizes and light edits; dis
 class Member(NamedTuple):
     uid: str
     phash: str
-    caption: str
+    caption_chars: int  # the cleaned caption's length, all the keeper rule needs of it
     digest: str  # of the encoded image bytes
     where: str = ""  # the caller's: e.g. the work file that holds the row
 
 
 def member(row: dict, where: str = "") -> Member:
     digest = hashlib.blake2b(row["image"], digest_size=16).hexdigest()
-    return Member(row["uid"], row["phash"], row["caption"], digest, where)
+    return Member(row["uid"], row["phash"], len(row["caption"]), digest, where)
 
 
 def rank(m: Member) -> tuple[int, str]:
-    return preference(m.caption, m.uid)
+    return preference(m.caption_chars, m.uid)
 
 
 def duplicate_detail(m: Member, keeper: Member) -> str:

@@ -141,8 +141,8 @@ def test_chains_form_one_group():
 
 def test_preference_keeps_longest_caption_then_smallest_uid():
     members = [("a dog", "u1"), ("a dog on a red sofa", "u3"), ("a dog on a sofa", "u2"), ("a cat on a red sofa", "u0")]
-    assert min(members, key=lambda m: preference(*m)) == ("a cat on a red sofa", "u0")
-    assert sorted(members, key=lambda m: preference(*m))[1:] == [("a dog on a red sofa", "u3"), ("a dog on a sofa", "u2"), ("a dog", "u1")]
+    assert min(members, key=lambda m: preference(len(m[0]), m[1])) == ("a cat on a red sofa", "u0")
+    assert sorted(members, key=lambda m: preference(len(m[0]), m[1]))[1:] == [("a dog on a red sofa", "u3"), ("a dog on a sofa", "u2"), ("a dog", "u1")]
 
 
 def test_bucket_keys_share_a_band_within_k():

@@ -27,7 +27,7 @@ def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
         groups.setdefault(root(i), []).append(row)
     found = {}
     for members in groups.values():
-        keeper = min(members, key=lambda r: preference(r["caption"], r["uid"]))
+        keeper = min(members, key=lambda r: preference(len(r["caption"]), r["uid"]))
         found.update({r["uid"]: keeper["uid"] for r in members if r is not keeper})
     return found
 
@@ -85,7 +85,7 @@ def test_distance_zero_joins_only_identical_hashes(tmp_path):
 
 
 def test_keeper_and_details_of_one_component():
-    members = [Member("u2", "00000000000000ff", "a long caption", "d1"), Member("u1", "00000000000000fe", "short", "d2"), Member("u3", "00000000000000ff", "short", "d1")]
+    members = [Member("u2", "00000000000000ff", 14, "d1"), Member("u1", "00000000000000fe", 5, "d2"), Member("u3", "00000000000000ff", 5, "d1")]
     best = BestMember()
     keeper = best.extract_output(best.merge_accumulators([best.add_input(best.create_accumulator(), m) for m in members] + [None]))
     assert keeper.uid == "u2"  # the longest caption

@@ -52,7 +52,7 @@ def expected_before_clip(record: dict, source: str) -> dict[str, str]:
         if item["expect"] == "curated":
             groups.setdefault(item.get("duplicate_of") or key, []).append(key)
     for members in groups.values():
-        keeper = min(members, key=lambda k: preference(by_key[k]["caption"], pair_uid(source, k)))
+        keeper = min(members, key=lambda k: preference(len(by_key[k]["caption"]), pair_uid(source, k)))
         outcome.update({k: "duplicate" for k in members if k != keeper})
     return outcome
 
