@@ -428,6 +428,12 @@ def test_usage_errors_are_one_line(tmp_path, packed, capsys):
         "error: 2 data shards (row groups, or --unit-rows slices) for 4 readers (1 process(es) x 4 worker(s)): "
         "pass a smaller --unit-rows or fewer --num-workers",
     )
+    curated = write_curated(tmp_path / "curated")
+    assert usage([*base, "--data", curated, "--preset", "tiny", "--stage", "3"], capsys) == (
+        2,
+        f"error: {curated}/part-0.parquet: no column input_ids, loss_mask, doc_ids, position_ids, images: "
+        "stage 3 trains on packed/ rows (the output of stage2 or sft)",
+    )
     assert usage([*base, "--data", packed, "--preset", "tiny", "--keep-last", "0"], capsys) == (2, "error: --keep-last must be >= 1, not 0")
     assert not (tmp_path / "o").exists()
 
