@@ -80,6 +80,23 @@ def test_every_sample_is_packed_once_in_sequences_of_exactly_seq_len(runs):
     assert long_text and all(samples[uid]["task"] == "text" and len(samples[uid]["input_ids"]) > SEQ_LEN for uid in long_text)
     assert all(n == 1 for uid, n in seen.items() if samples[uid]["task"] != "text")
     assert report["total"]["sequences"] == len(packed)
+    for row in packed:  # each document's source, and the row's when they share one
+        assert row["sources"] == [samples[uid]["source"] for uid in row["sample_uids"]]
+        assert row["source"] == (row["sources"][0] if len(set(row["sources"])) == 1 else None)
+    assert any(row["source"] is None for row in packed) and any(row["source"] is not None for row in packed)
+
+
+def test_a_packed_row_names_its_documents_sources(tmp_path):
+    def sample(uid: str, source: str, n: int) -> dict:
+        return dict(uid=uid, task="vqa", source=source, key=uid, text="", input_ids=[100] * n, loss_mask=[1] * n, images=[], image_refs=[])
+
+    rows = [sample("a", "vqav2", 6), sample("b", "gqa", 4), sample("c", "vqav2", 10)]
+    list(stage2.pack_group((("vqa", 0, 1), rows), seq_len=10, output=str(tmp_path)))
+    packed = table(tmp_path / "packed")
+    assert [(r["sample_uids"], r["source"], r["sources"]) for r in packed] == [
+        (["c"], "vqav2", ["vqav2"]),
+        (["a", "b"], None, ["vqav2", "gqa"]),
+    ]
 
 
 def test_a_packed_document_is_its_sample(runs):

@@ -380,9 +380,11 @@ def packed_row(uid: str, samples: list[dict], seq_len: int) -> dict:
         positions += list(range(n))
         images += s["images"]
     pad = seq_len - len(ids)
-    return dict(uid=uid, task="grounding", input_ids=ids + [PAD_ID] * pad, loss_mask=mask + [0] * pad,
-                doc_ids=docs + [-1] * pad, position_ids=positions + list(range(pad)), images=images,
-                sample_uids=[s["uid"] for s in samples])
+    sources = [s["source"] for s in samples]
+    return dict(uid=uid, task="grounding", source=sources[0] if len(set(sources)) == 1 else None,
+                input_ids=ids + [PAD_ID] * pad, loss_mask=mask + [0] * pad, doc_ids=docs + [-1] * pad,
+                position_ids=positions + list(range(pad)), images=images, sample_uids=[s["uid"] for s in samples],
+                sources=sources)
 
 
 @pytest.fixture
@@ -457,10 +459,11 @@ def test_describe_packed_row(packed):
     s0, s1 = sum(rows[0]["loss_mask"]), sum(rows[1]["loss_mask"])
     tokens = n0 + n1 + 10
     lines = block(text, 0)
-    assert lines[:2] == ["  uid: p0", "  task: grounding"]
-    assert lines[6] == f"  images: list of 2: [<PNG 768x384, {human_size(len(PNG_WIDE))}>, <PNG 384x768, {human_size(len(PNG_TALL))}>]"
-    assert lines[7:] == [
+    assert lines[:3] == ["  uid: p0", "  task: grounding", "  source: grit"]
+    assert lines[7] == f"  images: list of 2: [<PNG 768x384, {human_size(len(PNG_WIDE))}>, <PNG 384x768, {human_size(len(PNG_TALL))}>]"
+    assert lines[8:] == [
         "  sample_uids: list of 2: [s0, s1]",
+        "  sources: list of 2: [grit, grit]",
         f"  packing: {tokens:,} tokens, 2 documents, 10 padding, efficiency {100 * (n0 + n1) / tokens:.2f}%",
         f"  document 0: sample s0, {n0} tokens, {s0} supervised, 1 image",
         "    <img>images[0]</img>Generate the caption in English with grounding:⟦" + GROUNDING_TARGET + "⟧",
