@@ -3,6 +3,7 @@ set) -> samples/ and packed/; exact counts and rejects against what the samples 
 
 import hashlib
 import json
+import re
 import shlex
 from collections import Counter
 from pathlib import Path
@@ -84,6 +85,14 @@ def test_every_sample_is_packed_once_in_sequences_of_exactly_seq_len(runs):
         assert row["sources"] == [samples[uid]["source"] for uid in row["sample_uids"]]
         assert row["source"] == (row["sources"][0] if len(set(row["sources"])) == 1 else None)
     assert any(row["source"] is None for row in packed) and any(row["source"] is not None for row in packed)
+
+
+def test_rejected_files_of_both_stages_follow_one_naming_scheme(runs):
+    root, _, _, _ = runs
+    names = {p.name for folder in ("stage1", "out", "sft") for p in (root / folder / "rejected").iterdir()}
+    scheme = re.compile(r"(rules|run|samples-[a-z_]+|packing-[a-z_]+)-\d{5}-of-\d{5}\.parquet")
+    assert [name for name in sorted(names) if not scheme.fullmatch(name)] == []
+    assert {name.split("-")[0] for name in names} == {"rules", "run", "samples"}  # nothing here is too long to pack
 
 
 def test_a_packed_row_names_its_documents_sources(tmp_path):
