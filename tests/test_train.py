@@ -300,10 +300,13 @@ def test_ctrl_c_stops_like_sigterm_without_a_traceback_and_resume_continues(pack
     assert sorted(p.name for p in out.glob("step-*")) == [f"step-{step}"]
     assert f"stopped by SIGINT at step {step} of 1000" in stdout
     assert f"checkpoint: {out / f'step-{step}'} (continue with --resume)" in stdout
+    (out / f"step-{step + 1}.tmp").mkdir()  # as a run killed while writing leaves it
     resumed = subprocess.run([*cmd, "--resume", "--stop-at", str(step + 1)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"note: removed step-{step + 1}.tmp, left half-written by a killed run" in resumed.stdout
     assert f"steps {step + 1}-{step + 1} (1 steps, at step {step + 1} of 1000)" in resumed.stdout
     assert len(losses(out)) == step + 1
+    assert sorted(p.name for p in out.glob("step-*")) == [f"step-{step}", f"step-{step + 1}"]
 
 
 def test_keep_last_keeps_the_newest_checkpoints(packed, tmp_path):
