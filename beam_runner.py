@@ -8,7 +8,7 @@
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
     python beam_runner.py report DIR   (a stage1, stage2 or sft output)
-    python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200]
+    python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200] [--reason R] [--task T]
 
 `python beam_runner.py --help` prints this list; each command takes --help. Bad usage prints one line,
 `error: ...`, and exits with status 2 before any work starts.
@@ -129,12 +129,17 @@ def inspect(argv: list[str]) -> None:
     parser.add_argument("path", help="a Parquet file or a folder of them")
     parser.add_argument("--rows", type=int, default=5, help="rows to show (default 5)")
     parser.add_argument("--render", metavar="OUT.html", help="also write a contact sheet of images and captions")
-    parser.add_argument("--limit", type=int, default=200, help="rows in the contact sheet (default 200)")
+    parser.add_argument("--limit", type=int, default=200, help="rows in the contact sheet, shared evenly between reasons, tasks or sources (default 200)")
+    parser.add_argument("--reason", help="only rows rejected for this reason")
+    parser.add_argument("--task", help="only rows of this task")
     args = parser.parse_args(argv)
+    if args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, not {args.limit}")
+    where = {name: value for name, value in (("reason", args.reason), ("task", args.task)) if value is not None}
     try:
-        print(describe(args.path, rows=args.rows))
+        print(describe(args.path, rows=args.rows, where=where))
         if args.render:
-            cards = render_html(args.path, args.render, limit=args.limit)
+            cards = render_html(args.path, args.render, limit=args.limit, where=where)
             print(f"\ncontact sheet: {args.render} ({cards} rows)")
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None

@@ -49,17 +49,21 @@ SAMPLES = pa.schema(
     ]
 )
 
-# stage2 / sft: one row per training sequence of exactly seq_len tokens.
+# stage2 / sft: one row per training sequence of exactly seq_len tokens. A sequence's documents may come
+# from several sources (one task, several data sets): `sources` names each document's, `source` the one
+# they all share (null when they differ), so rows join to samples on (sample_uids, sources) per document.
 PACKED = pa.schema(
     [
         ("uid", pa.string()),  # hash of the uids packed in it
         ("task", pa.string()),
+        ("source", pa.string()),  # the source of every document in it; null when they come from several
         ("input_ids", pa.list_(pa.int32())),  # seq_len ids; padding is <|endoftext|>
         ("loss_mask", pa.list_(pa.int8())),  # 1 = supervised; 0 on padding
         ("doc_ids", pa.list_(pa.int16())),  # per token: its document's index in the sequence; -1 = padding
         ("position_ids", pa.list_(pa.int32())),  # restarting at 0 for each document
         ("images", pa.list_(pa.binary())),  # encoded bytes, in the order of the <img> tokens
         ("sample_uids", pa.list_(pa.string())),  # the samples packed in it, in order
+        ("sources", pa.list_(pa.string())),  # each document's source, in the same order
     ]
 )
 

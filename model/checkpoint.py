@@ -17,7 +17,10 @@ Writing (`write`): the files go into DIR/step-N.tmp/ (a leftover one from a cras
 is fsynced, then the folder; DIR/step-N.tmp is renamed to DIR/step-N (atomic on POSIX; an existing
 DIR/step-N is moved aside first and removed after); then DIR/latest.tmp is written, fsynced and renamed
 over DIR/latest, and DIR is fsynced. A crash at any point leaves DIR/latest naming a complete checkpoint
-(or no DIR/latest). Readers go through DIR/latest only (`latest`), never by listing step folders.
+(or no DIR/latest). Readers go through DIR/latest only (`latest`), never by listing step folders. An
+exception inside `write` (a KeyboardInterrupt included) removes its step-N.tmp; what a killed process
+left (step-N.tmp, step-N.old, latest.tmp) `remove_partial` removes. `prune` keeps the newest N step
+folders up to the one DIR/latest names.
 
 Nothing here is pickled and nothing is unpickled: safetensors holds only tensors and JSON only plain
 values. No torch.distributed code lives here: model/train.py gathers full state dicts to rank 0 and calls
@@ -30,6 +33,7 @@ import base64
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -41,6 +45,8 @@ from safetensors.torch import save_file
 FORMAT = "qwen-vl-train-checkpoint/1"
 MODEL, OPTIMIZER, TRAINER, LATEST = "model.safetensors", "optimizer.safetensors", "trainer.json", "latest"
 SEP = ":"  # between a parameter name (which has dots) and an optimizer state key
+STEP_NAME = re.compile(r"step-(\d+)")
+PARTIAL = re.compile(r"step-\d+\.(tmp|old)|latest\.tmp")
 
 
 def step_dir(output: str | Path, step: int) -> Path:
@@ -165,15 +171,19 @@ def write(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
-    save_file(weights, tmp / MODEL, metadata={"format": FORMAT, "step": str(step)})
-    opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
-    save_file(opt_tensors, tmp / OPTIMIZER, metadata={"format": FORMAT, "step": str(step)})
-    record = {"format": FORMAT, **trainer, "step": step, "optimizer": opt_meta}
-    _write_text(tmp / TRAINER, json.dumps(record, indent=1, sort_keys=True) + "\n")
-    for name in (MODEL, OPTIMIZER):
-        _fsync_path(tmp / name)
-    _fsync_path(tmp)
+    try:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
+        save_file(weights, tmp / MODEL, metadata={"format": FORMAT, "step": str(step)})
+        opt_tensors, opt_meta = flatten_optimizer(optimizer_state)
+        save_file(opt_tensors, tmp / OPTIMIZER, metadata={"format": FORMAT, "step": str(step)})
+        record = {"format": FORMAT, **trainer, "step": step, "optimizer": opt_meta}
+        _write_text(tmp / TRAINER, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        for name in (MODEL, OPTIMIZER):
+            _fsync_path(tmp / name)
+        _fsync_path(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if final.exists():  # the same step saved again (a resumed run re-saving): swap, then remove the old
         old = final.with_name(final.name + ".old")
@@ -189,6 +199,35 @@ def write(
     if old is not None:
         shutil.rmtree(old)
     return final
+
+
+def remove_partial(output: str | Path) -> list[str]:
+    """Remove what a killed `write` left in `output` (step-N.tmp, step-N.old, latest.tmp); their names, sorted.
+    Never a complete checkpoint: those are only ever step-N."""
+    removed = []
+    for path in sorted(Path(output).iterdir()) if Path(output).is_dir() else []:
+        if PARTIAL.fullmatch(path.name):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def prune(output: str | Path, keep: int) -> list[str]:
+    """Keep the `keep` newest step-N folders up to the one DIR/latest names (newer ones, left by a run that
+    was resumed from an earlier step, are replaced as the run reaches them); remove the older ones. Returns
+    the removed folders' names, oldest first."""
+    current = latest(output)
+    if current is None:
+        return []
+    newest = int(STEP_NAME.fullmatch(current.name)[1])
+    steps = sorted(int(m[1]) for p in Path(output).iterdir() if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir())
+    old = [n for n in steps if n <= newest][:-keep]
+    for n in old:
+        shutil.rmtree(step_dir(output, n))
+    return [f"step-{n}" for n in old]
 
 
 def latest(output: str | Path) -> Path | None:

@@ -179,6 +179,7 @@ class ParquetStream(IterableDataset):
     """
 
     columns: tuple[str, ...] = ()  # the columns a subclass reads
+    reads = ""  # what a subclass reads, as its error messages name it
 
     def __init__(
         self,
@@ -215,7 +216,7 @@ class ParquetStream(IterableDataset):
             meta = self._parquet(path).metadata
             missing = [c for c in self.columns if c not in meta.schema.to_arrow_schema().names]
             if missing:
-                raise ValueError(f"{path}: no column {', '.join(missing)} (is this {type(self).__name__}'s input?)")
+                raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 step = unit_rows or max(n, 1)
@@ -391,6 +392,7 @@ class CaptionStream(ParquetStream):
     """
 
     columns = ("uid", "source", "key", "caption", "image", "lang")
+    reads = "curated/ rows (the output of stage1)"
 
     def __init__(self, files: list[str], stage: StageConfig | int = 1, *, vocabulary: str | None = None, **kwargs):
         self.vocabulary = vocabulary
@@ -452,6 +454,7 @@ class PackedStream(ParquetStream):
     """Stages 2 and 3: packed rows as written (exactly seq_len tokens each), images preprocessed."""
 
     columns = ("uid", "input_ids", "loss_mask", "doc_ids", "position_ids", "images")
+    reads = "packed/ rows (the output of stage2 or sft)"
 
     def __init__(self, files: list[str], stage: StageConfig | int = 2, **kwargs):
         super().__init__(files, stage, **kwargs)

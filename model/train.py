@@ -5,8 +5,8 @@
         [--micro-batch B] [--global-batch G] [--lr LR] [--min-lr LR] [--warmup-steps N]
         [--image-size PX] [--seq-len T] [--vit-layer-decay D] [--betas B1 B2] [--eps E]
         [--weight-decay W] [--grad-clip C] [--trainable vision,adapter,llm]
-        [--config FILE.toml] [--compile] [--checkpointing] [--fsdp] [--save-every N] [--stop-at STEP]
-        [--seed S] [--num-workers W] [--unit-rows R]
+        [--config FILE.toml] [--compile] [--checkpointing] [--fsdp] [--save-every N] [--keep-last N]
+        [--stop-at STEP] [--seed S] [--num-workers W] [--unit-rows R]
     torchrun --nproc_per_node 8 -m model.train ...      (DDP; add --fsdp for FSDP2)
 
 Configuration. The stage preset (model/config.py STAGES) and the model preset (PRESETS) give every
@@ -47,8 +47,11 @@ Checkpoints (model/checkpoint.py): DIR/step-N/ with model.safetensors, optimizer
 trainer.json (step, tokens, config, param groups, per-rank data position and RNG states), written
 atomically every --save-every steps and at the end; DIR/latest names the newest. Full state dicts
 gathered to rank 0 (torch.distributed.checkpoint.state_dict, full_state_dict + cpu_offload) and
-written there: DIR must be on a filesystem every rank sees. SIGTERM (preemption) stops at the next step
-boundary on every rank (the flag rides on the step's all-reduce), writes a checkpoint, exits 143.
+written there: DIR must be on a filesystem every rank sees. --keep-last N removes all but the newest N
+step folders after each save. SIGTERM (preemption) and SIGINT (Ctrl-C, which reaches the DataLoader
+workers too: they ignore it) stop at the next step boundary on every rank (the flag rides on the step's
+all-reduce), write a checkpoint and exit 128 + the signal's number (143, 130); a SIGINT before training
+starts exits 130 with one line. A run that starts removes what a killed one left half-written.
 
 Resume (--resume): from DIR/latest: weights into the model before wrapping, optimizer state after
 (set_optimizer_state_dict, sharded by FSDP), each rank's data position (dataset.load_state_dict) and
@@ -100,6 +103,7 @@ MODEL_SECTIONS = ("vision", "adapter", "llm")
 RUN_DEFAULTS = {
     "micro_batch": 1,
     "save_every": 500,
+    "keep_last": None,
     "seed": 0,
     "num_workers": 2,
     "unit_rows": None,
@@ -114,7 +118,7 @@ RUN_DEFAULTS = {
     "init": None,
 }
 # what may differ between a checkpoint's config and the run that resumes it
-RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "stop_at", "compile", "checkpointing", "fsdp", "resume", "output")
+RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "keep_last", "stop_at", "compile", "checkpointing", "fsdp", "resume", "output")
 
 
 def build_parser() -> ArgumentParser:
@@ -151,6 +155,7 @@ def build_parser() -> ArgumentParser:
     a("--checkpointing", action="store_true", default=None, help="activation checkpointing per block")
     a("--fsdp", action="store_true", default=None, help="FSDP2 instead of DDP under torchrun")
     a("--save-every", type=int, metavar="N", help="checkpoint every N steps (default 500) and at the end")
+    a("--keep-last", type=int, metavar="N", help="keep only the newest N checkpoints (default: all)")
     a("--seed", type=int, help="model init and data order (default 0)")
     a("--num-workers", type=int, metavar="W", help="DataLoader workers per process (default 2)")
     a("--unit-rows", type=int, metavar="R", help="shard row groups into units of R rows (small data)")
@@ -172,6 +177,7 @@ class RunConfig:
     accumulation: int
     micro_batch: int
     save_every: int
+    keep_last: int | None
     seed: int
     num_workers: int
     unit_rows: int | None
@@ -299,10 +305,10 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         print(f"warning: {notes[-1]}", file=sys.stderr)
 
     run = {k: merged.get(k, default) for k, default in RUN_DEFAULTS.items()}
-    for name in ("micro_batch", "save_every", "num_workers", "seed", "unit_rows", "stop_at"):
+    for name in ("micro_batch", "save_every", "keep_last", "num_workers", "seed", "unit_rows", "stop_at"):
         if run[name] is not None:
             run[name] = _number(f"--{name.replace('_', '-')}", run[name], int)
-    for name, low in (("micro_batch", 1), ("save_every", 1), ("num_workers", 0), ("seed", 0), ("unit_rows", 1), ("stop_at", 1)):
+    for name, low in (("micro_batch", 1), ("save_every", 1), ("keep_last", 1), ("num_workers", 0), ("seed", 0), ("unit_rows", 1), ("stop_at", 1)):
         if run[name] is not None and run[name] < low:
             raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, not {run[name]}")
     per_step = run["micro_batch"] * world_size
@@ -539,6 +545,8 @@ def save_checkpoint(cfg: RunConfig, d: Dist, wrapped, optimizer, step: int, prog
     if d.main:
         trainer = {**progress, "lr": lr_at(step, cfg.stage), "config": cfg.to_json(), "ranks": ranks}
         path = checkpoint.write(cfg.output, step, model_state, optim_state, trainer)
+        if cfg.keep_last is not None:
+            checkpoint.prune(cfg.output, cfg.keep_last)
     if d.on:
         dist.barrier()
     return path
@@ -599,38 +607,53 @@ class Metrics:
 # --- training ---------------------------------------------------------------------------------------------
 
 
-class _Stop:
-    """SIGTERM -> stop at the next step boundary (all ranks agree through the step's all-reduce)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
-        self.requested = False
-        self.previous = None
+
+class _Stop:
+    """SIGTERM or SIGINT -> stop at the next step boundary (all ranks agree through the step's all-reduce);
+    `signal` is the first one received. Rank 0 says so on stderr at once."""
+
+    def __init__(self, main: bool):
+        self.main = main
+        self.signal: signal.Signals | None = None
+        self.previous = {}
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         except ValueError:  # not the main thread
-            self.previous = None
+            self.previous = {}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.signal is None and self.main:
+            print(f"\n{signal.Signals(signum).name}: stopping at the next step boundary, then writing a checkpoint", file=sys.stderr)
+        self.signal = self.signal or signal.Signals(signum)
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader worker init: Ctrl-C reaches the whole process group, and the trainer, not its workers,
+    decides when to stop (a worker killed by it would fail the next batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 BATCH_KEYS = ("input_ids", "position_ids", "doc_ids", "loss_mask", "images")
 
 
-def step_counts(micro: list[dict], d: "Dist", stop: bool = False) -> tuple[float, float, float]:
-    """(supervised targets, images, stop votes) of a step's micro-batches, summed over all ranks: one
-    all-reduce, before any forward (the loss divisor must be known before the first backward)."""
+def step_counts(micro: list[dict], d: "Dist", received: signal.Signals | None = None) -> tuple[float, float, signal.Signals | None]:
+    """(supervised targets, images, stop signal) of a step's micro-batches, summed over all ranks: one
+    all-reduce, before any forward (the loss divisor must be known before the first backward). Each rank
+    votes with the stop signal it received; the result is the same on every rank: SIGTERM if any rank got
+    it, else SIGINT if any did, else None."""
     targets = sum(supervised_targets(b["loss_mask"], b["doc_ids"]) for b in micro)
     images = sum(int(b["images"].shape[0]) for b in micro)
-    n_targets, n_images, votes = all_reduce([targets, images, float(stop)], d)
-    return n_targets, n_images, votes
+    n_targets, n_images, *votes = all_reduce([targets, images, *(float(received == s) for s in STOP_SIGNALS)], d)
+    return n_targets, n_images, next((s for s, v in zip(STOP_SIGNALS, votes) if v), None)
 
 
 def run_step(wrapped, optimizer, trainable, micro: list[dict], n_targets: float, lr: float, cfg: RunConfig, d: "Dist", autocast) -> tuple[float, float]:
@@ -727,6 +750,7 @@ def train(cfg: RunConfig) -> dict:
 
     if d.main:
         output.mkdir(parents=True, exist_ok=True)
+        cfg.notes += [f"removed {name}, left half-written by a killed run" for name in checkpoint.remove_partial(output)]
         (output / "config.json").write_text(json.dumps(cfg.to_json(), indent=1) + "\n")
     metrics = Metrics(cfg.output, start_step if record is not None else None, d.main)
     loader = DataLoader(
@@ -736,6 +760,7 @@ def train(cfg: RunConfig) -> dict:
         num_workers=cfg.num_workers,
         pin_memory=cuda,
         prefetch_factor=4 if cfg.num_workers else None,
+        worker_init_fn=ignore_sigint,
     )
     batches = iter(loader)
     data_state = dataset.state_dict()
@@ -745,15 +770,14 @@ def train(cfg: RunConfig) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.stage.steps, initial=start_step, disable=not d.main, desc=f"stage {cfg.stage.stage}", dynamic_ncols=True)
-    step, loss, first_step, last_saved, stopped, run_start = start_step, float("nan"), start_step + 1, None, False, time.perf_counter()
+    step, loss, first_step, last_saved, stopped, run_start = start_step, float("nan"), start_step + 1, None, None, time.perf_counter()
     model.train()
-    with _Stop() as stop:
+    with _Stop(d.main) as stop:
         while step < end:
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.accumulation)]
-            n_targets, n_images, stop_votes = step_counts(micro, d, stop.requested)
-            if stop_votes:
-                stopped = True
+            n_targets, n_images, stopped = step_counts(micro, d, stop.signal)
+            if stopped:
                 break
             step += 1
             lr = lr_at(step, cfg.stage)
@@ -805,7 +829,7 @@ def train(cfg: RunConfig) -> dict:
         "wall": wall,
         "loss": loss,
         "checkpoint": str(last_saved) if last_saved is not None else None,
-        "stopped": stopped,
+        "stopped": stopped.name if stopped else None,
         "world": d.world,
         "mode": ("FSDP2" if cfg.fsdp else "DDP") if d.on else "single process",
         "device": f"{d.device.type} {'bf16 autocast' if cuda else 'fp32'}",
@@ -820,10 +844,10 @@ def format_report(r: dict) -> str:
         lines.append(f"nothing to train: already at step {r['step']} of {r['steps']} ({r['checkpoint']})")
         return "\n".join(lines)
     if r["trained"] == 0:
-        lines.append(f"stopped by SIGTERM before a step; checkpoint: {r['checkpoint']} (continue with --resume)")
+        lines.append(f"stopped by {r['stopped']} before a step; checkpoint: {r['checkpoint']} (continue with --resume)")
         return "\n".join(lines)
     rate = r["run_tokens"] / r["wall"] if r["wall"] > 0 else 0.0
-    how = "stopped by SIGTERM at" if r["stopped"] else "at"
+    how = f"stopped by {r['stopped']} at" if r["stopped"] else "at"
     lines += [
         f"stage {r['stage']}, preset {r['preset']}: steps {r['first_step']}-{r['step']} ({r['trained']} steps, {how} step {r['step']} "
         f"of {r['steps']}) on {r['world']} process(es), {r['mode']}, {r['device']}",
@@ -844,9 +868,12 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         return 2
+    except KeyboardInterrupt:  # SIGINT before the training loop handles it: nothing of this run to keep
+        print("stopped by SIGINT before training started", file=sys.stderr)
+        return 128 + signal.SIGINT
     if report["main"]:
         print(format_report(report))
-    return 143 if report["stopped"] else 0
+    return 128 + signal.Signals[report["stopped"]] if report["stopped"] else 0
 
 
 if __name__ == "__main__":

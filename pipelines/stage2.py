@@ -173,19 +173,21 @@ def pack_group(group: tuple, seq_len: int, output: str):
     # a sample without images is cut into seq_len pieces: pure text, the one stage-2 task without images;
     # a conversation is never cut (a long one is rejected)
     sequences, rejects = pack(samples, seq_len, split_text=name != CHAT)
-    packed = [
-        {
+    packed = []
+    for s in sequences:
+        sources = [by_uid[uid]["source"] for uid in s.uids]
+        packed.append({
             "uid": sequence_uid(s.uids, s.starts),
             "task": name,
+            "source": sources[0] if len(set(sources)) == 1 else None,
             "input_ids": s.ids.tolist(),
             "loss_mask": s.mask.tolist(),
             "doc_ids": s.doc.tolist(),
             "position_ids": s.pos.tolist(),
             "images": s.images,
             "sample_uids": s.uids,
-        }
-        for s in sequences
-    ]
+            "sources": sources,
+        })
     rejected = [{**{k: by_uid[r.uid][k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail} for r in rejects]
     write_rows(group_file(FileSystems.join(output, "samples"), name, index, groups), rows, schemas.SAMPLES)
     write_rows(group_file(FileSystems.join(output, "packed"), name, index, groups), packed, schemas.PACKED)

@@ -103,3 +103,44 @@ def test_atomic_protocol(tmp_path):
     (tmp_path / "latest").write_text("step-9\n")
     with pytest.raises(ValueError, match="names 'step-9', which is not a complete checkpoint"):
         checkpoint.latest(tmp_path)
+
+
+def small_state():
+    optim = {"state": {"w": {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 0.1, "params": ["w"]}]}
+    return {"w": torch.zeros(2)}, optim
+
+
+def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    model, optim = small_state()
+    checkpoint.write(tmp_path, 1, model, optim, {})
+
+    def interrupted(tensors, path, metadata=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write(tmp_path, 2, model, optim, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-1"]
+
+
+def test_remove_partial_removes_what_a_killed_write_left(tmp_path):
+    model, optim = small_state()
+    checkpoint.write(tmp_path, 1, model, optim, {})
+    for name in ("step-2.tmp", "step-1.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "latest.tmp").write_text("step-2\n")
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert checkpoint.remove_partial(tmp_path) == ["latest.tmp", "step-1.old", "step-2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "metrics.jsonl", "step-1"]
+    assert checkpoint.remove_partial(tmp_path / "absent") == []
+
+
+def test_prune_keeps_the_newest_up_to_latest(tmp_path):
+    model, optim = small_state()
+    for step in (2, 4, 6, 8, 10):
+        checkpoint.write(tmp_path, step, model, optim, {})
+    (tmp_path / "latest").write_text("step-8\n")  # step-10: a newer folder of a run resumed from step 8
+    assert checkpoint.prune(tmp_path, 2) == ["step-2", "step-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-10", "step-6", "step-8"]
+    assert checkpoint.prune(tmp_path, 5) == []

@@ -3,6 +3,7 @@ set) -> samples/ and packed/; exact counts and rejects against what the samples 
 
 import hashlib
 import json
+import re
 import shlex
 from collections import Counter
 from pathlib import Path
@@ -80,6 +81,31 @@ def test_every_sample_is_packed_once_in_sequences_of_exactly_seq_len(runs):
     assert long_text and all(samples[uid]["task"] == "text" and len(samples[uid]["input_ids"]) > SEQ_LEN for uid in long_text)
     assert all(n == 1 for uid, n in seen.items() if samples[uid]["task"] != "text")
     assert report["total"]["sequences"] == len(packed)
+    for row in packed:  # each document's source, and the row's when they share one
+        assert row["sources"] == [samples[uid]["source"] for uid in row["sample_uids"]]
+        assert row["source"] == (row["sources"][0] if len(set(row["sources"])) == 1 else None)
+    assert any(row["source"] is None for row in packed) and any(row["source"] is not None for row in packed)
+
+
+def test_rejected_files_of_both_stages_follow_one_naming_scheme(runs):
+    root, _, _, _ = runs
+    names = {p.name for folder in ("stage1", "out", "sft") for p in (root / folder / "rejected").iterdir()}
+    scheme = re.compile(r"(rules|run|samples-[a-z_]+|packing-[a-z_]+)-\d{5}-of-\d{5}\.parquet")
+    assert [name for name in sorted(names) if not scheme.fullmatch(name)] == []
+    assert {name.split("-")[0] for name in names} == {"rules", "run", "samples"}  # nothing here is too long to pack
+
+
+def test_a_packed_row_names_its_documents_sources(tmp_path):
+    def sample(uid: str, source: str, n: int) -> dict:
+        return dict(uid=uid, task="vqa", source=source, key=uid, text="", input_ids=[100] * n, loss_mask=[1] * n, images=[], image_refs=[])
+
+    rows = [sample("a", "vqav2", 6), sample("b", "gqa", 4), sample("c", "vqav2", 10)]
+    list(stage2.pack_group((("vqa", 0, 1), rows), seq_len=10, output=str(tmp_path)))
+    packed = table(tmp_path / "packed")
+    assert [(r["sample_uids"], r["source"], r["sources"]) for r in packed] == [
+        (["c"], "vqav2", ["vqav2"]),
+        (["a", "b"], None, ["vqav2", "gqa"]),
+    ]
 
 
 def test_a_packed_document_is_its_sample(runs):

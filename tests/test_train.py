@@ -280,6 +280,42 @@ def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(packed, tmp_path):
     assert f"stopped by SIGTERM at step {step} of 1000" in stdout
 
 
+def test_ctrl_c_stops_like_sigterm_without_a_traceback_and_resume_continues(packed, tmp_path):
+    """Ctrl-C reaches the whole process group, the DataLoader worker included: the run still stops at a
+    step boundary with a complete checkpoint, one message, no traceback, exit 130."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "model.train", *stage2_args(packed, out, steps=1000), "--num-workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    step = len(losses(out))
+    assert step >= 1 and (out / "latest").read_text() == f"step-{step}\n"
+    assert sorted(p.name for p in out.glob("step-*")) == [f"step-{step}"]
+    assert f"stopped by SIGINT at step {step} of 1000" in stdout
+    assert f"checkpoint: {out / f'step-{step}'} (continue with --resume)" in stdout
+    (out / f"step-{step + 1}.tmp").mkdir()  # as a run killed while writing leaves it
+    resumed = subprocess.run([*cmd, "--resume", "--stop-at", str(step + 1)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"note: removed step-{step + 1}.tmp, left half-written by a killed run" in resumed.stdout
+    assert f"steps {step + 1}-{step + 1} (1 steps, at step {step + 1} of 1000)" in resumed.stdout
+    assert len(losses(out)) == step + 1
+    assert sorted(p.name for p in out.glob("step-*")) == [f"step-{step}", f"step-{step + 1}"]
+
+
+def test_keep_last_keeps_the_newest_checkpoints(packed, tmp_path):
+    out = tmp_path / "out"
+    assert train.main(stage2_args(packed, out, steps=5, extra=["--save-every", "1", "--keep-last", "2"])) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("step-")) == ["step-4", "step-5"]
+    assert (out / "latest").read_text() == "step-5\n"
+
+
 def test_init_weights_through_model_weights(packed, tmp_path, capsys):
     """--init-vision (OpenCLIP layout) and --init-llm (HF Qwen folder) go through model/weights.py; stage 3
     keeps the ViT frozen, so the checkpoint holds the OpenCLIP tensors exactly."""
@@ -395,6 +431,13 @@ def test_usage_errors_are_one_line(tmp_path, packed, capsys):
         "error: 2 data shards (row groups, or --unit-rows slices) for 4 readers (1 process(es) x 4 worker(s)): "
         "pass a smaller --unit-rows or fewer --num-workers",
     )
+    curated = write_curated(tmp_path / "curated")
+    assert usage([*base, "--data", curated, "--preset", "tiny", "--stage", "3"], capsys) == (
+        2,
+        f"error: {curated}/part-0.parquet: no column input_ids, loss_mask, doc_ids, position_ids, images: "
+        "stage 3 trains on packed/ rows (the output of stage2 or sft)",
+    )
+    assert usage([*base, "--data", packed, "--preset", "tiny", "--keep-last", "0"], capsys) == (2, "error: --keep-last must be >= 1, not 0")
     assert not (tmp_path / "o").exists()
 
 

@@ -20,6 +20,7 @@ from formats.tokenizer import PAD_ID, QwenTokenizer
 from viewer.contact_sheet import COLOURS, render_html
 from viewer.describe import MAX_DECODED, describe
 from viewer.rows import human_size, kind_of
+from viewer.sampling import shares
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,8 +204,10 @@ def test_thumbnails_are_small_jpegs(rejected, tmp_path):
     out = tmp_path / "sheet.html"
     render_html(str(rejected), str(out))
     images = thumbnails(out.read_text(encoding="utf-8"))
-    assert [(image.format, image.size) for image in images] == [("JPEG", (256, 192)), ("JPEG", (40, 20))]
-    assert images[1].convert("RGB").getpixel((20, 10)) == pytest.approx((255, 127, 127), abs=3)  # over white
+    # reasons largest first, ties by name: image_undecodable (2), caption_missing (the PNG), image_missing,
+    # image_too_small (the JPEG)
+    assert [(image.format, image.size) for image in images] == [("JPEG", (40, 20)), ("JPEG", (256, 192))]
+    assert images[0].convert("RGB").getpixel((20, 10)) == pytest.approx((255, 127, 127), abs=3)  # over white
 
 
 def test_render_curated_limit_and_size(tmp_path):
@@ -218,6 +221,86 @@ def test_render_curated_limit_and_size(tmp_path):
     assert 'class="reason"' not in page
     assert "2 of 3 rows from 1 Parquet file, " in page
     assert len(noise) > 500_000 and out.stat().st_size < 150_000  # thumbnails, not the images
+
+
+@pytest.fixture
+def many_reasons(tmp_path) -> Path:
+    """56 rejected rows in two files of row groups of 7: caption_too_short x 50 (rows 0-29 in part-0, 30-49 in
+    part-1), then duplicate x 5 and image_too_small x 1 at the end of part-1."""
+    folder = tmp_path / "rejected"
+    folder.mkdir()
+    reasons = ["caption_too_short"] * 50 + ["duplicate"] * 5 + ["image_too_small"]
+    rows = [rejected_row(i, reason, f"detail {i}", image=None) for i, reason in enumerate(reasons)]
+    for name, part in (("rules-00000-of-00002", rows[:30]), ("rules-00001-of-00002", rows[30:])):
+        pq.write_table(pa.Table.from_pylist(part, schema=REJECTED), folder / f"{name}.parquet", row_group_size=7)
+    return folder
+
+
+def shown_reasons(page: str) -> dict[str, int]:
+    found = re.findall(r'<div class="reason"><b>(\w+)</b>', page)
+    return {reason: found.count(reason) for reason in dict.fromkeys(found)}
+
+
+def test_shares_are_even_and_small_groups_leave_theirs_to_the_others():
+    assert shares({"a": 50, "b": 5, "c": 1}, 12) == {"c": 1, "b": 5, "a": 6}
+    assert shares({"a": 100, "b": 100, "c": 100}, 10) == {"a": 3, "b": 3, "c": 4}
+    assert shares({"a": 2, "b": 3}, 200) == {"a": 2, "b": 3}
+    assert shares({}, 5) == {}
+
+
+def test_render_shares_the_limit_between_reasons(many_reasons, tmp_path):
+    out = tmp_path / "sheet.html"
+    assert render_html(str(many_reasons), str(out), limit=12) == 12
+    page = out.read_text(encoding="utf-8")
+    assert shown_reasons(page) == {"caption_too_short": 6, "duplicate": 5, "image_too_small": 1}  # largest first
+    assert "<h2>reason <code>caption_too_short</code> · 6 of 50 rows</h2>" in page
+    assert "<h2>reason <code>duplicate</code> · 5 of 5 rows</h2>" in page
+    assert "<h2>reason <code>image_too_small</code> · 1 of 1 rows</h2>" in page
+    assert "12 of 56 rows from 2 Parquet files, " in page and ", an even share per reason</p>" in page
+    # each reason's first rows, in order: the same sheet every time
+    assert re.findall(r"key <code>0*(\d+)</code>", page) == [str(i) for i in [*range(6), *range(50, 56)]]
+
+
+def test_render_one_reason(many_reasons, tmp_path):
+    out = tmp_path / "sheet.html"
+    assert render_html(str(many_reasons), str(out), limit=3, where={"reason": "duplicate"}) == 3
+    page = out.read_text(encoding="utf-8")
+    assert shown_reasons(page) == {"duplicate": 3}
+    assert "<h2>reason <code>duplicate</code> · 3 of 5 rows</h2>" in page
+    assert "3 of 56 rows (5 with reason duplicate) from 2 Parquet files, " in page
+
+
+def test_describe_one_reason_shows_its_first_rows(many_reasons):
+    text = describe(str(many_reasons), rows=2, where={"reason": "duplicate"})
+    assert "rows: 56 (5 with reason duplicate)\n" in text
+    assert re.findall(r"\nrow (\d+)\n", text) == ["50", "51"]
+    assert block(text, 50)[:5] == ["  uid: uid50", "  source: cc12m", "  key: 000000050", "  url: null", "  caption: caption 50"]
+
+
+def inspect_cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "beam_runner.py"), "inspect", *map(str, argv)], capture_output=True, text=True, timeout=120)
+
+
+def test_inspect_filters_are_checked(many_reasons, tmp_path):
+    done = inspect_cli(many_reasons, "--reason", "too_blurry", "--render", tmp_path / "s.html")
+    assert (done.returncode, done.stderr) == (
+        2, f"error: --reason too_blurry: not in {many_reasons} (reasons present: caption_too_short, duplicate, image_too_small)\n")
+    done = inspect_cli(many_reasons, "--task", "vqa")
+    assert (done.returncode, done.stderr) == (2, f"error: --task: {many_reasons} has no task column\n")
+    done = inspect_cli(many_reasons, "--limit", "0", "--render", tmp_path / "s.html")
+    assert (done.returncode, done.stderr) == (2, "error: --limit must be >= 1, not 0\n")
+    assert not (tmp_path / "s.html").exists()
+
+
+def test_a_caption_that_was_not_utf8_reads_the_same_in_text_and_html(tmp_path):
+    from filters.curate import _readable
+
+    caption = _readable(b"caf\xe9 au lait \xff")
+    path = write(tmp_path / "r.parquet", [rejected_row(0, "caption_not_utf8", "invalid byte 0xe9 at offset 3", caption=caption)], REJECTED)
+    out = tmp_path / "sheet.html"
+    render_html(str(path), str(out))
+    assert "  caption: caf\\xe9 au lait \\xff" in block(describe(str(path)), 0)
+    assert '<p class="caption">caf\\xe9 au lait \\xff</p>' in out.read_text(encoding="utf-8")
 
 
 def test_render_empty_dataset(tmp_path):
@@ -297,9 +380,11 @@ def packed_row(uid: str, samples: list[dict], seq_len: int) -> dict:
         positions += list(range(n))
         images += s["images"]
     pad = seq_len - len(ids)
-    return dict(uid=uid, task="grounding", input_ids=ids + [PAD_ID] * pad, loss_mask=mask + [0] * pad,
-                doc_ids=docs + [-1] * pad, position_ids=positions + list(range(pad)), images=images,
-                sample_uids=[s["uid"] for s in samples])
+    sources = [s["source"] for s in samples]
+    return dict(uid=uid, task="grounding", source=sources[0] if len(set(sources)) == 1 else None,
+                input_ids=ids + [PAD_ID] * pad, loss_mask=mask + [0] * pad, doc_ids=docs + [-1] * pad,
+                position_ids=positions + list(range(pad)), images=images, sample_uids=[s["uid"] for s in samples],
+                sources=sources)
 
 
 @pytest.fixture
@@ -374,10 +459,11 @@ def test_describe_packed_row(packed):
     s0, s1 = sum(rows[0]["loss_mask"]), sum(rows[1]["loss_mask"])
     tokens = n0 + n1 + 10
     lines = block(text, 0)
-    assert lines[:2] == ["  uid: p0", "  task: grounding"]
-    assert lines[6] == f"  images: list of 2: [<PNG 768x384, {human_size(len(PNG_WIDE))}>, <PNG 384x768, {human_size(len(PNG_TALL))}>]"
-    assert lines[7:] == [
+    assert lines[:3] == ["  uid: p0", "  task: grounding", "  source: grit"]
+    assert lines[7] == f"  images: list of 2: [<PNG 768x384, {human_size(len(PNG_WIDE))}>, <PNG 384x768, {human_size(len(PNG_TALL))}>]"
+    assert lines[8:] == [
         "  sample_uids: list of 2: [s0, s1]",
+        "  sources: list of 2: [grit, grit]",
         f"  packing: {tokens:,} tokens, 2 documents, 10 padding, efficiency {100 * (n0 + n1) / tokens:.2f}%",
         f"  document 0: sample s0, {n0} tokens, {s0} supervised, 1 image",
         "    <img>images[0]</img>Generate the caption in English with grounding:⟦" + GROUNDING_TARGET + "⟧",
@@ -430,6 +516,21 @@ def test_render_samples_draws_boxes_and_quads(samples, tmp_path):
             '&lt;|endoftext|&gt;</mark>') in page
     assert "<figcaption>bee.png · PNG 768x384, " in page and " · 1 region drawn</figcaption>" in page
     assert '<div class="meta">uid <code>s0</code> · task <code>grounding</code> · source <code>grit</code>' in page
+
+
+def test_render_shares_the_limit_between_tasks(tok, tmp_path):
+    segments = [(OCR_PROMPT, False), (OCR_TARGET, True)]
+    rows = [sample_row(tok, f"c{i}", segments, [PNG_TALL], task="caption") for i in range(10)]
+    rows += [sample_row(tok, f"v{i}", segments, [PNG_TALL], task="vqa") for i in range(3)]
+    path = write(tmp_path / "samples.parquet", rows, SAMPLES)
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out), limit=6) == 6
+    page = out.read_text(encoding="utf-8")
+    assert re.findall(r"uid <code>(\w+)</code> · task <code>(\w+)</code>", page) == [
+        ("c0", "caption"), ("c1", "caption"), ("c2", "caption"), ("v0", "vqa"), ("v1", "vqa"), ("v2", "vqa")]
+    assert "<h2>task <code>caption</code> · 3 of 10 rows</h2>" in page and "<h2>task <code>vqa</code> · 3 of 3 rows</h2>" in page
+    assert render_html(str(path), str(out), limit=6, where={"task": "vqa"}) == 3
+    assert re.findall(r"task <code>(\w+)</code> · source", out.read_text(encoding="utf-8")) == ["vqa"] * 3
 
 
 def test_render_packed_draws_each_documents_regions_on_its_own_image(packed, tmp_path):

@@ -5,7 +5,9 @@ reject). Stage-2/sft samples: one card per sample; packed sequences: a header pe
 and efficiency, then one card per document. A sample's or document's card holds the whole decoded text
 (in a scroll box, viewer/rows.py) with the supervised part in <mark>, beside its images with every
 `<box>` and `<quad>` of the text drawn on them. render_html returns the rows shown (a packed row counts
-once). Rows are read a batch at a time, and only the thumbnails made are kept.
+once). Which rows: up to `limit` shared between the reasons, tasks or sources, each under its own
+heading, largest first (viewer/sampling.py). Rows are read a batch at a time, and only the thumbnails
+made are kept.
 
 Which image a region is drawn on, and its label, is formats/markup.py's reading of the text: the last
 `<img>` before it, and the `<ref>` phrase written just before it. Coordinates are on Qwen-VL's
@@ -26,6 +28,7 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
 from formats.markup import TextRegion, text_regions
 from formats.tokenizer import IMG_ID
 from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, image_summary, packed_refs, packing, sample_refs, show_value
+from viewer.sampling import pick, where_label
 
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail
 MAX_RENDER_PIXELS = 89_478_485  # stage 1's max_image_pixels (PIL's bomb limit): larger ones are not decoded
@@ -251,7 +254,7 @@ def _packed_section(i: int, row: dict) -> tuple[str, int]:
         meta = _meta([("document", str(doc.index)), ("sample", uid)], about)
         cards.append(_document_card(runs, own, names, meta))
     body = "\n".join(cards)
-    return f'<section class="packed">\n<h2>{head}</h2>\n<div class="docs">\n{body}\n</div>\n</section>', len(documents)
+    return f'<section class="packed">\n<h3>{head}</h3>\n<div class="docs">\n{body}\n</div>\n</section>', len(documents)
 
 
 STYLE = """
@@ -271,7 +274,8 @@ h1 { font-size: 18px; margin: 0 0 4px; overflow-wrap: anywhere; }
 .caption { margin: 8px 0; max-height: 8.4em; overflow-y: auto; overflow-wrap: anywhere; }
 .caption.missing { color: #999; font-style: italic; }
 .meta { color: #666; font-size: 12px; overflow-wrap: anywhere; }
-h2 { font-size: 15px; font-weight: normal; margin: 24px 0 8px; overflow-wrap: anywhere; }
+h2 { font-size: 16px; margin: 28px 0 10px; overflow-wrap: anywhere; }
+h3 { font-size: 15px; font-weight: normal; margin: 24px 0 8px; overflow-wrap: anywhere; }
 .docs { display: flex; flex-direction: column; gap: 12px; }
 .doc { display: flex; gap: 16px; align-items: flex-start; background: #fff; border: 1px solid #ddd;
        border-radius: 6px; padding: 12px; }
@@ -299,30 +303,43 @@ COLUMNS = {
 }
 
 
-def render_html(path: str, out: str, limit: int = 200) -> int:
-    """Write a self-contained HTML contact sheet of the first `limit` rows to `out`; return the rows shown
+def render_html(path: str, out: str, limit: int = 200, where: dict[str, str] | None = None) -> int:
+    """Write a self-contained HTML contact sheet to `out` of up to `limit` rows (those whose columns hold
+    the values in `where`), shared between the data's groups (viewer/sampling.py); return the rows shown
     (one card per row; a packed row is a header and one card per document). Rows are read in batches
     and each is reduced to its card's HTML before the next batch is read."""
     data = Dataset(path)
     kind = data.kind
+    where = where or {}
+    column, groups = pick(data, limit, where, grouped=True)
     columns = [name for name in COLUMNS[kind] if name in data.schema.names]
-    shown, documents, cards = 0, 0, []
-    for row in data.iter(limit, columns, BATCH_ROWS if kind == PAIRS else TOKEN_BATCH_ROWS):
+    indices = sorted(i for g in groups for i in g.shown)
+    rows = data.take(indices, columns, BATCH_ROWS if kind == PAIRS else TOKEN_BATCH_ROWS)
+    cards, documents = {}, 0
+    for i, row in zip(indices, rows):
         if kind == PAIRS:
-            cards.append(_card(row))
+            cards[i] = _card(row)
         elif kind == SAMPLES:
-            cards.append(_sample_card(row))
+            cards[i] = _sample_card(row)
         else:
-            section, n = _packed_section(shown, row)
-            cards.append(section)
+            cards[i], n = _packed_section(i, row)
             documents += n
-        shown += 1
-    summary = f"{shown:,} of {data.num_rows:,} rows from {data.label()}"
+    container = "grid" if kind == PAIRS else ("docs" if kind == SAMPLES else "rows")
+    sections = []
+    for g in groups:
+        head = f"<h2>{column} <code>{html.escape(str(g.name))}</code> · {len(g.shown):,} of {g.rows:,} rows</h2>\n" if column else ""
+        body = "\n".join(cards[i] for i in g.shown)
+        sections.append(f'{head}<div class="{container}">\n{body}\n</div>')
+    summary = f"{len(indices):,} of {data.num_rows:,} rows"
+    if where:
+        summary += f" ({sum(g.rows for g in groups):,} {where_label(where)})"
+    summary += f" from {data.label()}"
+    if column:
+        summary += f", an even share per {column}"
     if kind == PACKED:
         summary += f", {documents:,} documents"
     legend = f'<p class="summary">{LEGENDS[kind]}</p>\n' if kind != PAIRS else ""
-    container = "grid" if kind == PAIRS else ("docs" if kind == SAMPLES else "rows")
-    body = "\n".join(cards)
+    body = "\n".join(sections)
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -332,12 +349,10 @@ def render_html(path: str, out: str, limit: int = 200) -> int:
 </head>
 <body>
 <h1>{html.escape(path)}</h1>
-<p class="summary">{summary}</p>
-{legend}<div class="{container}">
-{body}
-</div>
+<p class="summary">{html.escape(summary)}</p>
+{legend}{body}
 </body>
 </html>
 """
     Path(out).write_text(page, encoding="utf-8")
-    return shown
+    return len(indices)

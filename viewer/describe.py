@@ -1,4 +1,5 @@
-"""`inspect PATH`: a text summary of Parquet outputs: files, size, schema, row count and the first rows.
+"""`inspect PATH`: a text summary of Parquet outputs: files, size, schema, row count and the first rows
+(of one reason or task with --reason, --task: viewer/sampling.py).
 
 Each column's value is shown shortened (bytes summarized from the image header, long strings cut). For
 stage-2/sft samples and packed sequences, `describe` also decodes `input_ids` back to text (see
@@ -11,6 +12,7 @@ most MAX_DOCS documents per row.
 """
 
 from viewer.rows import BATCH_ROWS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, packed_refs, packing, sample_refs, show_value
+from viewer.sampling import pick, where_label
 
 MAX_DECODED = 600  # characters of decoded text shown per sample or document by `describe`
 MAX_DOCS = 10  # documents of a packed row shown by `describe`
@@ -63,22 +65,25 @@ LEGEND = {
 }
 
 
-def describe(path: str, rows: int = 5) -> str:
-    """Files, total size, schema, row count and the first `rows` rows of the Parquet data at `path`;
-    samples and packed rows decoded too (see the module docstring)."""
+def describe(path: str, rows: int = 5, where: dict[str, str] | None = None) -> str:
+    """Files, total size, schema, row count and the first `rows` rows of the Parquet data at `path` (those
+    whose columns hold the values in `where`); samples and packed rows decoded too (see the module
+    docstring)."""
     data = Dataset(path)
+    where = where or {}
+    _, (group,) = pick(data, rows, where, grouped=False)
     kind = data.kind
     schema = data.schema.to_string(show_field_metadata=False, show_schema_metadata=False)
     lines = [
         f"{path}: {data.label()}",
-        f"rows: {data.num_rows:,}",
+        f"rows: {data.num_rows:,}" + (f" ({group.rows:,} {where_label(where)})" if where else ""),
         "schema:",
         *(f"  {line}" for line in schema.splitlines()),
     ]
     if kind != PAIRS:
         lines.append(LEGEND[kind])
     batch_rows = BATCH_ROWS if kind == PAIRS else TOKEN_BATCH_ROWS
-    for i, row in enumerate(data.iter(rows, batch_rows=batch_rows)):
+    for i, row in zip(group.shown, data.take(group.shown, batch_rows=batch_rows)):
         lines += ["", f"row {i}"]
         lines += [f"  {name}: {show_value(value)}" for name, value in row.items()]
         if kind != PAIRS:

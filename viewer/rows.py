@@ -1,7 +1,8 @@
 """Parquet outputs read for a person: the rows of a file or folder, and a sample's tokens decoded back.
 
 PATH is a Parquet file or a folder of them, read as one dataset in sorted file order. Only the rows
-asked for are read, batch by batch from the start, and the row count comes from the footers: a curated
+asked for are read: row groups without one are skipped, a row group is read batch by batch from its
+start and no further than its last row asked for, and the row count comes from the footers: a curated
 shard holds GBs of image bytes, and nothing here pulls them all in.
 
 The kind of data is told by its column names (`kind_of`): stage-2/sft samples have `input_ids` and
@@ -17,7 +18,6 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,6 +54,7 @@ class Dataset:
     """The Parquet files under a path, their total size, schema and row count, from the footers only."""
 
     def __init__(self, path: str):
+        self.path = path
         root = Path(path)
         if not root.exists():
             raise FileNotFoundError(f"no such file or folder: {path}")
@@ -61,37 +62,59 @@ class Dataset:
         if not self.files:
             raise FileNotFoundError(f"no .parquet files in {path}")
         self.size = sum(os.path.getsize(f) for f in self.files)
-        footers = [_footer(f) for f in self.files]
-        self.schema = footers[0].schema.to_arrow_schema()
-        for f, footer in zip(self.files, footers):
+        self.footers = [_footer(f) for f in self.files]
+        self.schema = self.footers[0].schema.to_arrow_schema()
+        for f, footer in zip(self.files, self.footers):
             if not footer.schema.to_arrow_schema().equals(self.schema):
                 raise ValueError(f"schema of {f} differs from that of {self.files[0]}")
-        self.num_rows = sum(footer.num_rows for footer in footers)
+        self.num_rows = sum(footer.num_rows for footer in self.footers)
 
     def label(self) -> str:
         """'3 Parquet files, 1.2 GB'."""
         return f"{len(self.files)} Parquet file{'s' if len(self.files) != 1 else ''}, {human_size(self.size)}"
-
-    def head(self, n: int, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS) -> list[dict]:
-        """The first n rows (of the given columns), as dicts of Python values."""
-        return list(self.iter(n, columns, batch_rows))
-
-    def iter(self, n: int, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS):
-        """The first n rows (of the given columns), one by one, read `batch_rows` at a time at most."""
-        if n <= 0:
-            return iter(())
-        return islice(self._rows(columns, min(n, batch_rows)), n)
 
     @property
     def kind(self) -> str:
         """PACKED, SAMPLES or PAIRS, from the column names."""
         return kind_of(self.schema.names)
 
-    def _rows(self, columns, batch_size):
-        for f in self.files:
+    def values(self, column: str) -> list:
+        """One column of every row, in order (that column alone is read)."""
+        return [v for f in self.files for v in pq.read_table(f, columns=[column]).column(0).to_pylist()]
+
+    def take(self, indices, columns: list[str] | None = None, batch_rows: int = BATCH_ROWS):
+        """The rows at `indices` (increasing row numbers in the dataset's order), of the given columns, one by
+        one as dicts of Python values: each row group holding one is read from its start, at most
+        `batch_rows` rows at a time, up to its last row asked for."""
+        wanted = list(indices)
+        at, start = 0, 0  # the next wanted index's position in `wanted`; the current row group's first row
+        for f, footer in zip(self.files, self.footers):
+            if at == len(wanted):
+                return
+            if wanted[at] >= start + footer.num_rows:
+                start += footer.num_rows
+                continue
             with pq.ParquetFile(f, **READ_OPTIONS) as parquet:
-                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                    yield from batch.to_pylist()
+                for group in range(footer.num_row_groups):
+                    end = start + footer.row_group(group).num_rows
+                    here = at
+                    while here < len(wanted) and wanted[here] < end:
+                        here += 1
+                    if here > at:
+                        yield from self._from_group(parquet, group, start, wanted[at:here], columns, min(here - at, batch_rows))
+                    at, start = here, end
+
+    @staticmethod
+    def _from_group(parquet, group: int, start: int, wanted: list[int], columns, batch_rows: int):
+        """The rows `wanted` (dataset row numbers) of row group `group`, whose first row is `start`."""
+        i = 0
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+            while i < len(wanted) and wanted[i] < start + batch.num_rows:
+                yield batch.slice(wanted[i] - start, 1).to_pylist()[0]
+                i += 1
+            if i == len(wanted):
+                return
+            start += batch.num_rows
 
 
 def human_size(n: int) -> str:
