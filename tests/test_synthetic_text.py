@@ -21,7 +21,7 @@ def test_latin_wraps_on_spaces_only():
 def test_chinese_wraps_per_character_keeping_punctuation_with_its_neighbour():
     assert wrap("今天天气很好，我们去公园散步吧！", len, 6) == ["今天天气很", "好，我们去公", "园散步吧！"]
     assert wrap("他说：「你好」。", len, 3) == ["他说：", "「你", "好」。"]
-    assert wrap("使用Qwen-VL模型", len, 6) == ["使用", "Qwen-VL", "模型"]  # a Latin word inside Chinese stays whole
+    assert wrap("使用Qwen-VL模型", len, 7) == ["使用", "Qwen-VL", "模型"]  # a Latin word inside Chinese stays whole
     assert units("（好的）Qwen-VL，中 文") == ["（好", "的）", "Qwen-VL，", "中", " ", "文"]
 
 
