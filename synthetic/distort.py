@@ -75,5 +75,5 @@ def blur(image: Image.Image, radius: float) -> Image.Image:
 
 def sensor_noise(pixels: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Pixels (float, 0-255) plus Gaussian noise of `sigma` levels, clipped, as uint8."""
-    noisy = pixels + rng.normal(0.0, sigma, pixels.shape).astype(np.float32) if sigma > 0 else pixels
+    noisy = pixels + rng.standard_normal(pixels.shape, dtype=np.float32) * sigma if sigma > 0 else pixels
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)

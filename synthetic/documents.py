@@ -131,12 +131,21 @@ def layout_page(texts: list[str], font: Font, key: str, rng: random.Random, conf
     ink = _jitter(rng.choice(INKS), rng, 12)
     pil = pil_font(font, font_px)
     ascent = pil.getmetrics()[0]
+    advances: dict[str, float] = {}
+
+    def measure(text: str) -> float:
+        """A line's width as the sum of its characters' advances, each measured once: what Pillow's basic
+        layout places them by, less kerning (so never narrower); the ink box is measured when drawn."""
+        for ch in text:
+            if ch not in advances:
+                advances[ch] = pil.getlength(ch)
+        return sum(advances[ch] for ch in text)
 
     lines: list[Line] = []
     column, baseline, bottom = 0, margin_y + ascent, None  # bottom: the last line's ink bottom in this column
     start = rng.randrange(len(texts))
     for paragraph in texts[start:] + texts[:start]:
-        for k, text in enumerate(wrap(paragraph, lambda t: pil.getbbox(t, anchor="ls")[2], column_px)):
+        for k, text in enumerate(wrap(paragraph, measure, column_px)):
             image, (dx, dy) = ink_of(text, pil)
             if image is None:
                 continue
@@ -170,9 +179,9 @@ def layout_page(texts: list[str], font: Font, key: str, rng: random.Random, conf
 def texture(width: int, height: int, colour: tuple[int, int, int], blotch: float, grain: float, rng: np.random.Generator) -> np.ndarray:
     """A (height, width, 3) float surface: `colour` with low-frequency blotches (a 48 px random grid,
     bicubic-upsampled, of `blotch` levels) and per-pixel grain (`grain` levels)."""
-    grid = rng.normal(0.0, blotch, (height // 48 + 2, width // 48 + 2)).astype(np.float32)
+    grid = rng.standard_normal((height // 48 + 2, width // 48 + 2), dtype=np.float32) * blotch
     field = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC))
-    field = field + rng.normal(0.0, grain, (height, width)).astype(np.float32)
+    field = field + rng.standard_normal((height, width), dtype=np.float32) * grain
     return np.clip(np.asarray(colour, np.float32) + field[..., None], 0, 255)
 
 
