@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
+# Fonts for synthetic OCR pages (synthetic/documents.py): DejaVu for Latin, WenQuanYi Zen Hei and AR PL
+# UMing for Chinese. Debian packages, installed with apt-get (as root, or through sudo) when missing.
+FONT_PACKAGES := fonts-dejavu-core fonts-wqy-zenhei fonts-arphic-uming
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(STAMP): pyproject.toml
+	dpkg -s $(FONT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(FONT_PACKAGES); }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

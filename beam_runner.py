@@ -2,6 +2,7 @@
 
     python beam_runner.py make-sample --output DIR [--pairs 2000] [--seed 0] [--format webdataset|parquet] [--language en|zh]
     python beam_runner.py make-stage2-sample --output DIR [--seed 0] [--per-set 40]
+    python beam_runner.py make-ocr-sample --corpus FILE --output DIR [--count 100] [--seed 0] [--language en|zh] [--fonts DIR]
     python beam_runner.py make-clip --output DIR [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
@@ -57,6 +58,31 @@ def make_stage2_sample(argv: list[str]) -> None:
     print(f"wrote {len(manifest['sets'])} data sets to {args.output} ({args.output}/stage2_sample.json lists them)")
     print("stage2 arguments: " + " ".join(manifest["stage2_args"]))
     print("sft arguments: " + " ".join(manifest["sft_args"]))
+
+
+def make_ocr_sample(argv: list[str]) -> None:
+    from synthetic.ocr_sample import make_ocr_sample as make
+
+    parser = ArgumentParser(prog="beam_runner.py make-ocr-sample", description="Render synthetic OCR pages (SynthDoG-style, each line with its quad) from a text corpus.")
+    parser.add_argument("--corpus", required=True, help="a .txt file (a paragraph a line) or .jsonl (a `text` field a line)")
+    parser.add_argument("--output", required=True, help="folder to write pages.jsonl, images/ and rejected.jsonl into")
+    parser.add_argument("--count", type=int, default=100, help="number of pages (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--language", choices=["en", "zh"], default="en", help="the pages' language: picks the default fonts and the prompt (default en)")
+    parser.add_argument("--fonts", metavar="DIR", help="a folder of .ttf/.otf/.ttc fonts to use instead of the installed defaults")
+    args = parser.parse_args(argv)
+    if args.count < 1:
+        raise UsageError(f"--count must be >= 1, not {args.count}")
+    if not os.path.isfile(args.corpus):
+        raise UsageError(f"--corpus: no file {args.corpus}")
+    started = time.perf_counter()
+    try:
+        counts = make(args.corpus, args.output, args.count, seed=args.seed, language=args.language, fonts=args.fonts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {counts['pages']:,} pages ({counts['lines']:,} lines) to {args.output}/pages.jsonl in {time.perf_counter() - started:.1f} s; "
+          f"{counts['rejected']:,} rejected in {args.output}/rejected.jsonl")
+    print(f"stage2 argument: --source ocr:jsonl={os.path.join(args.output, 'pages.jsonl')}")
 
 
 def make_clip(argv: list[str]) -> None:
@@ -148,6 +174,7 @@ def inspect(argv: list[str]) -> None:
 COMMANDS = {
     "make-sample": make_sample,
     "make-stage2-sample": make_stage2_sample,
+    "make-ocr-sample": make_ocr_sample,
     "make-clip": make_clip,
     "stage1": stage1,
     "stage2": stage2,

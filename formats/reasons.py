@@ -100,6 +100,20 @@ CHAT_IMAGE_NOT_IN_USER = "chat_image_not_in_user"
 # Images and tokens (pipelines/stage2.py); IMAGE_MISSING and IMAGE_UNREADABLE above also apply.
 BAD_IMAGE_TAG = "bad_image_tag"  # the text's <img> tags do not match its images
 
+# OCR pages read from PDFs (formats/sources/pdf.py); FILE_UNREADABLE above is a PDF MuPDF cannot open,
+# IMAGE_TOO_SMALL a page whose rendered image is too small. The character rules are the Qwen-VL paper's.
+PDF_ENCRYPTED = "pdf_encrypted"  # the whole file needs a password to open
+PAGE_UNREADABLE = "page_unreadable"  # MuPDF fails on this page (the file's other pages are read)
+PAGE_NO_TEXT = "page_no_text"  # no text layer: a scanned page, or only drawings and images
+PAGE_TOO_FEW_CHARS = "page_too_few_chars"
+PAGE_TOO_MANY_CHARS = "page_too_many_chars"
+PAGE_LATIN_EXTENDED = "page_latin_extended"  # a character of Latin Extended-A or -B (U+0100-U+024F)
+PAGE_PRIVATE_USE = "page_private_use"  # a Private Use Area character (often a glyph without Unicode)
+PAGE_UNMAPPED_CHARS = "page_unmapped_chars"  # U+FFFD: a glyph the PDF gives no Unicode for
+
+# Synthetic OCR pages (synthetic/documents.py).
+GLYPH_MISSING = "glyph_missing"  # a corpus paragraph with a character none of the fonts can draw
+
 # Packing (formats/packing.py).
 TOO_LONG = "too_long"  # a sample longer than the sequence that cannot be cut (it has an image)
 EMPTY = "empty"  # a sample with no tokens

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -85,3 +86,16 @@ def test_text_jsonl(tmp_path):
         Invalid("wiki", "docs.jsonl:5", "malformed_record", "field 'text' is empty"),
         Invalid("wiki", "docs.jsonl:6", "malformed_record", "field 'text' missing"),
     ]
+
+
+def test_ocr_record_round_trip(tmp_path):
+    from formats.sources.ocr import ocr_record
+
+    example = Example(OCR, "synthdog-zh", "7-000001", lang="zh", image="images/7-000001.jpg", image_bytes=b"jpeg", width=640, height=480,
+                      lines=(("中文", Region(quad=((1.5, 2.0), (30.25, 2.0), (30.25, 20.0), (1.5, 20.0)))), ("box", Region(box=(1, 2, 3, 4)))))
+    record = ocr_record(example)
+    assert record == {"image": "images/7-000001.jpg", "width": 640, "height": 480, "lines": [
+        {"text": "中文", "quad": [[1.5, 2.0], [30.25, 2.0], [30.25, 20.0], [1.5, 20.0]]}, {"text": "box", "box": [1, 2, 3, 4]}],
+        "lang": "zh", "key": "7-000001"}
+    (tmp_path / "pages.jsonl").write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert list(read_ocr(str(tmp_path / "pages.jsonl"), source="synthdog-zh")) == [dataclasses.replace(example, image_bytes=None)]

@@ -71,6 +71,19 @@ def ocr_example(record, source: str) -> Example:
     )
 
 
+def ocr_record(example: Example) -> dict:
+    """The manifest record of an OCR example, the inverse of `ocr_example` (the image bytes aside: they go
+    to the file the record's "image" names)."""
+    record = {"image": example.image}
+    if example.width is not None and example.height is not None:
+        record.update(width=example.width, height=example.height)
+    record["lines"] = [
+        {"text": text, "quad": [list(p) for p in region.quad]} if region.quad is not None else {"text": text, "box": list(region.box)}
+        for text, region in example.lines
+    ]
+    return {**record, "lang": example.lang, "key": example.key}
+
+
 def read_ocr(path: str, source: str = "ocr") -> Iterator[Example | Invalid]:
     """OCR examples from one JSONL manifest in the format above, one per line."""
     lines = 0
