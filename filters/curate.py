@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from formats import reasons
 from filters.config import SourceConfig
+from filters.dedup import phash_int64
 from filters.image_rules import ImageHeader, check_header, decode_phash
 from filters.langid import LanguageId, check_language
 from formats.ids import pair_uid
@@ -32,6 +33,7 @@ def rejected_row(pair: RawPair, reject: Reject, keep_image: bool = True) -> dict
         "caption": _readable(pair.caption),
         "reason": reject.reason,
         "detail": reject.detail,
+        "duplicate_of": reject.duplicate_of,
         "image": pair.image if keep_image else None,
     }
 
@@ -44,6 +46,7 @@ def reject_candidate(row: dict, reject: Reject, keep_image: bool = True) -> dict
         "caption": row["caption_raw"],
         "reason": reject.reason,
         "detail": reject.detail,
+        "duplicate_of": reject.duplicate_of,
         "image": row["image"] if keep_image else None,
     }
 
@@ -108,7 +111,7 @@ def curate(pair: RawPair, cfg: SourceConfig, langid: LanguageId, keep_rejected_i
         "image_format": header.format,
         "width": header.width,
         "height": header.height,
-        "phash": phash,
+        "phash": phash_int64(phash),
         "lang": found.lang,
         "lang_score": found.lang_score,
         "clip_score": None,

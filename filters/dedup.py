@@ -362,6 +362,19 @@ def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
 # --- the same steps on hex-string hashes, as the Beam pipeline runs them (pipelines/find_duplicates.py) ---------
 
 
+def phash_int64(phash: str) -> int:
+    """A pHash's 16 hex digits as the signed 64-bit integer with the same bits: curated/'s `phash` column,
+    which Spark, DuckDB and pandas read as a plain BIGINT (bit_count(a XOR b) is the distance)."""
+    value = int(phash, 16)
+    return value - (1 << HASH_BITS) if value >> (HASH_BITS - 1) else value
+
+
+def phash_hex(value: int) -> str:
+    """The inverse of phash_int64: 16 hex digits, as imagehash writes them."""
+    return f"{value & WORD:016x}"
+
+
+
 @lru_cache
 def _band_masks(k: int) -> tuple[int, ...]:
     return tuple(band_keys(k, 1))

@@ -8,6 +8,7 @@ from typing import NamedTuple
 class Reject(NamedTuple):
     reason: str  # one of formats.reasons
     detail: str  # what exactly failed, for a person reading rejected/
+    duplicate_of: str | None = None  # a duplicate's keeper: the uid of the pair kept in its place
 
 
 @dataclass

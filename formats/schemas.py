@@ -14,7 +14,7 @@ CURATED = pa.schema(
         ("image_format", pa.string()),  # JPEG, PNG, WEBP...
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("phash", pa.string()),  # 64-bit perceptual hash, 16 hex digits
+        ("phash", pa.int64()),  # the 64-bit pHash's bits as a signed integer; distance: bit_count(a XOR b)
         ("lang", pa.string()),  # fastText lid.176's label for the cleaned caption
         ("lang_score", pa.float32()),  # its probability
         ("clip_score", pa.float32()),  # null where not computed
@@ -30,6 +30,7 @@ REJECTED = pa.schema(
         ("caption", pa.string()),  # as received; bytes that are not UTF-8 shown as \xNN
         ("reason", pa.string()),  # a name from formats/reasons.py
         ("detail", pa.string()),  # what exactly failed
+        ("duplicate_of", pa.string()),  # a duplicate's keeper: the uid kept in its place (null for other reasons)
         ("image", pa.binary()),  # encoded bytes as received, for audit (null if none, or not kept)
     ]
 )

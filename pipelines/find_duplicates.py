@@ -31,7 +31,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from filters.dedup import bucket_keys, bucket_pairs, preference
+from filters.dedup import bucket_keys, bucket_pairs, phash_hex, preference
 from pipelines.connected_components import DEFAULT_ROUNDS, ConnectedComponents
 
 DEFAULT_MAX_DISTANCE = 4  # bits of 64: re-encodes, resizes and light edits; distinct images sit at 10+
@@ -47,7 +47,7 @@ class Member(NamedTuple):
 
 def member(row: dict, where: str = "") -> Member:
     digest = hashlib.blake2b(row["image"], digest_size=16).hexdigest()
-    return Member(row["uid"], row["phash"], len(row["caption"]), digest, where)
+    return Member(row["uid"], phash_hex(row["phash"]), len(row["caption"]), digest, where)
 
 
 def rank(m: Member) -> tuple[int, str]:
@@ -121,14 +121,14 @@ class Lookup(beam.PTransform):
 
 
 def duplicate_of_keeper(node: str, keeper: Member, m: Member):
-    """(member, detail) if `m` is not its node's keeper."""
+    """(member, the keeper's uid, detail) if `m` is not its node's keeper."""
     if m.uid != keeper.uid:
         Metrics.counter("dedup", "duplicates").inc()
-        yield m, duplicate_detail(m, keeper)
+        yield m, keeper.uid, duplicate_detail(m, keeper)
 
 
 class FindDuplicates(beam.PTransform):
-    """Members -> (member, detail) for every member that is a duplicate of another one."""
+    """Members -> (member, the keeper's uid, detail) for every member that is a duplicate of another one."""
 
     def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE, rounds: int = DEFAULT_ROUNDS):
         super().__init__()

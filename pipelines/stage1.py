@@ -109,7 +109,11 @@ class Screen(beam.DoFn):
 class Decide(beam.DoFn):
     """The steps across the run, applied to the candidates of one work file, read back with that file's
     decisions only: a duplicate, a CLIP score that could not be computed or is below its source's
-    threshold -> rejected (tagged); the rest -> curated."""
+    threshold -> rejected (tagged); the rest -> curated.
+
+    Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
+    group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
+    finds such groups (the duplicates whose `duplicate_of` is a rejected uid)."""
 
     def __init__(self, keep_rejected_images: bool):
         self.keep_rejected_images = keep_rejected_images
@@ -120,7 +124,8 @@ class Decide(beam.DoFn):
         for row in read_work_file(path):
             reject = None
             if row["uid"] in duplicates:
-                reject = Reject(reasons.DUPLICATE, duplicates[row["uid"]])
+                keeper, detail = duplicates[row["uid"]]
+                reject = Reject(reasons.DUPLICATE, detail, keeper)
             elif thresholds:  # CLIP ran
                 score, threshold = scores[row["uid"]], thresholds[row["source"]]
                 if score is None:
@@ -214,7 +219,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     duplicates = (
         written.members
         | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"], settings["dedup"]["rounds"])
-        | "DuplicateByFile" >> beam.MapTuple(lambda m, detail: (m.where, (m.uid, detail)))
+        | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (m.where, (m.uid, (keeper, detail))))
     )
     decisions = {"duplicate": duplicates}
     clip = settings["clip"]

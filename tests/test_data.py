@@ -48,7 +48,7 @@ def curated_row(uid, caption="a dog.", lang="en", image=None):
     return {
         "uid": uid, "source": "test", "key": uid, "url": None, "caption": caption, "caption_raw": caption,
         "image": png() if image is None else image, "image_format": "PNG", "width": 8, "height": 8,
-        "phash": "0" * 16, "lang": lang, "lang_score": 0.9, "clip_score": None,
+        "phash": 0, "lang": lang, "lang_score": 0.9, "clip_score": None,
     }  # fmt: skip
 
 

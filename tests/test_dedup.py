@@ -9,6 +9,8 @@ from filters.dedup import (
     key_permutations,
     near_pairs,
     permute,
+    phash_hex,
+    phash_int64,
     preference,
     unpermute,
 )
@@ -165,3 +167,11 @@ def test_bucket_pairs_verify_the_distance():
     assert sorted(bucket_pairs(many, 4)) == sorted(bucket_pairs(many[:3], 4) + bucket_pairs(many[3:], 4) + [
         (*sorted((a, b)), (int(a, 16) ^ int(b, 16)).bit_count()) for a in many[:3] for b in many[3:] if (int(a, 16) ^ int(b, 16)).bit_count() <= 4
     ])
+
+
+def test_phash_column_is_the_hashs_bits_as_a_signed_64_bit_integer():
+    cases = {"0000000000000000": 0, "00000000000000ff": 255, "7fffffffffffffff": 2**63 - 1, "8000000000000000": -(2**63), "ffffffffffffffff": -1}
+    assert {h: phash_int64(h) for h in cases} == cases
+    assert [phash_hex(v) for v in cases.values()] == list(cases)
+    a, b = phash_int64("f0000000000000ff"), phash_int64("f0000000000000fe")
+    assert ((a ^ b) & (2**64 - 1)).bit_count() == 1  # the distance survives the sign

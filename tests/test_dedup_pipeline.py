@@ -5,7 +5,7 @@ import random
 
 import apache_beam as beam
 
-from filters.dedup import preference
+from filters.dedup import phash_int64, preference
 from pipelines.find_duplicates import BestMember, FindDuplicates, Member, duplicate_detail, member
 
 
@@ -52,11 +52,15 @@ def planted_rows(seed: int = 0, originals: int = 300) -> list[dict]:
 
 
 def run_find_duplicates(rows: list[dict], k: int, tmp_path) -> dict[str, str]:
+    """uid -> detail of each duplicate found; each detail names the keeper that FindDuplicates gave."""
     out = tmp_path / f"found-{k}.jsonl"
     with beam.Pipeline("FnApiRunner") as p:
-        found = p | beam.Create(rows) | beam.Map(member) | FindDuplicates(k)
-        found | beam.MapTuple(lambda m, detail: json.dumps((m.uid, detail))) | beam.io.WriteToText(str(out), shard_name_template="")
-    return dict(json.loads(line) for line in out.read_text().splitlines())
+        curated = p | beam.Create(rows) | beam.Map(lambda row: {**row, "phash": phash_int64(row["phash"])})  # as curate() writes it
+        found = curated | beam.Map(member) | FindDuplicates(k)
+        found | beam.MapTuple(lambda m, keeper, detail: json.dumps((m.uid, keeper, detail))) | beam.io.WriteToText(str(out), shard_name_template="")
+    found = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(detail.split(" of ")[1].split(" ")[0] == keeper for _, keeper, detail in found)
+    return {uid: detail for uid, _, detail in found}
 
 
 def test_finds_every_planted_duplicate_and_keeps_the_longest_caption(tmp_path):

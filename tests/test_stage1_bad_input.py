@@ -57,6 +57,8 @@ def test_bad_input_becomes_rejects(tmp_path):
     by_key = {row["key"]: (row["reason"], row["detail"]) for row in rejected}
     for key in {"a0", "b0", "b1", "b2", "b3"} - {keeper}:
         assert by_key[key] == (reasons.DUPLICATE, f"exact duplicate of {pair_uid('mine', keeper)}")
+    assert {row["key"]: row["duplicate_of"] for row in rejected if row["duplicate_of"]} == {
+        key: pair_uid("mine", keeper) for key in {"a0", "b0", "b1", "b2", "b3"} - {keeper}}
     assert by_key["a1"] == (reasons.CAPTION_MISSING, "no caption")
     assert by_key["a2"] == (reasons.IMAGE_DECOMPRESSION_BOMB, "12000x12000 = 144000000 px > 89478485")
     assert by_key["a3"] == (reasons.CAPTION_NOT_UTF8, "invalid byte 0xe9 at offset 3")

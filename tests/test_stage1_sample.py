@@ -1,15 +1,18 @@
 """Stage 1 end to end on make-sample corpora: exact counts per reason, nothing lost, idempotent, all layouts."""
 
 import csv
+import io
 import json
 from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines import stage1
 from filters.clip_score import RANDOM_NOTE, save_random_model
-from filters.dedup import preference
+from filters.dedup import phash_int64, preference
+from filters.image_rules import decode_phash
 from formats.ids import pair_uid
 from pipelines.stage1_report import KEPT, build_report, format_report, write_chart
 from synthetic.raw_corpus import make_sample
@@ -68,15 +71,17 @@ def test_every_pair_in_exactly_one_output_with_its_expected_outcome(webdataset_r
     assert {k: "curated" if v == "clip_score" else v for k, v in outcome.items()} == expected
     for row in curated:
         assert row["caption"] == record["by_key"][row["key"]]["caption"]
-        assert row["width"] > 0 and len(row["phash"]) == 16
+        assert row["width"] > 0 and row["phash"] == phash_int64(decode_phash(Image.open(io.BytesIO(row["image"]))))
         assert row["lang"] == "en" and row["lang_score"] >= 0.5
     # a duplicate names its keeper: a pair of the same group that passed dedup (CLIP may drop it after)
     passed_dedup = {row["uid"]: row["key"] for row in curated + rejected if row.get("reason") in (None, "clip_score")}
     group = lambda key: record["by_key"][key].get("duplicate_of") or key  # noqa: E731
     for row in rejected:
         if row["reason"] == "duplicate":
-            keeper = passed_dedup[row["detail"].split(" of ")[1].split(" ")[0]]
-            assert group(keeper) == group(row["key"])
+            assert row["duplicate_of"] == row["detail"].split(" of ")[1].split(" ")[0]
+            assert group(passed_dedup[row["duplicate_of"]]) == group(row["key"])
+        else:
+            assert row["duplicate_of"] is None
     source = report["sources"]["laion-en"]
     found = {reason: n for reason, n in source["dropped"].items() if n}
     found["curated"] = source["kept"]

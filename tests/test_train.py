@@ -74,7 +74,7 @@ def write_curated(folder: Path, n: int = 4) -> str:
     rows = [
         {
             "uid": f"c{i}", "source": "t", "key": f"c{i}", "url": None, "caption": f"a dog number {i}.", "caption_raw": "",
-            "image": png((i * 60, 0, 0)), "image_format": "PNG", "width": 8, "height": 8, "phash": "0" * 16, "lang": "en",
+            "image": png((i * 60, 0, 0)), "image_format": "PNG", "width": 8, "height": 8, "phash": 0, "lang": "en",
             "lang_score": 0.9, "clip_score": None,
         }  # fmt: skip
         for i in range(n)

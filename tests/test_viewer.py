@@ -47,7 +47,7 @@ LONG_CAPTION = "a" * 150 + "b" * 350
 def curated_row(i: int, **fields) -> dict:
     row = dict(uid=f"uid{i}", source="laion-en", key=f"{i:09d}", url=f"http://example.com/{i}.jpg",
                caption=f"caption {i}", caption_raw=f"Caption {i}", image=JPEG_64x48, image_format="JPEG",
-               width=64, height=48, phash="0123456789abcdef", lang=None, lang_score=None, clip_score=0.31)
+               width=64, height=48, phash=81985529216486895, lang=None, lang_score=None, clip_score=0.31)
     return row | fields
 
 
@@ -125,7 +125,7 @@ def test_describe_curated_rows(curated):
         "  image_format: JPEG",
         "  width: 64",
         "  height: 48",
-        "  phash: 0123456789abcdef",
+        "  phash: 81985529216486895",
         "  lang: null",
         "  lang_score: null",
         "  clip_score: 0.31",
