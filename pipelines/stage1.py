@@ -32,6 +32,7 @@ from formats.sources.manifest import read_manifest
 from pipelines import stage1_report as report_lib
 from pipelines.connected_components import DEFAULT_ROUNDS
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
+from pipelines.heap import map_large_blocks
 from pipelines.inputs import MANIFEST, Input, list_input, resolve_input
 from pipelines.runner import pipeline_options
 from pipelines.spread import Spread
@@ -45,13 +46,14 @@ log = logging.getLogger("stage1")
 
 class ReadFile(beam.DoFn):
     """One input file -> RawPairs, with the layout's reader; a progress bar of the source's files read in
-    this process (shown on a terminal only)."""
+    this process (shown on a terminal only). Image-sized blocks are mapped apart (pipelines/heap.py)."""
 
     def __init__(self, source: str, layout: str, total_files: int):
         self.source, self.layout, self.total_files = source, layout, total_files
         self.files = Metrics.counter("stage1", "files_read")
 
     def setup(self):
+        map_large_blocks()
         self.bar = tqdm(total=self.total_files, desc=f"stage1 {self.source}", unit="file", disable=None, leave=False)
 
     def process(self, path: str):
@@ -117,6 +119,9 @@ class Decide(beam.DoFn):
 
     def __init__(self, keep_rejected_images: bool):
         self.keep_rejected_images = keep_rejected_images
+
+    def setup(self):
+        map_large_blocks()
 
     def process(self, joined: tuple, thresholds: dict):
         path, decisions = joined
