@@ -11,6 +11,8 @@ with images rendered here, so that `beam_runner.py stage2` (and `sft`) run every
                                                   metadata columns, GRIT's id/noun_chunks/ref_exps, the image in `jpg`
     vg/image_data.json, vg/region_descriptions.json, vg/VG_100K/ID.jpg, vg/VG_100K_2/ID.jpg   Visual Genome v1.2
     ocr/pages.jsonl, ocr/images/NNNN.jpg          our OCR manifest (formats/sources/ocr.py): rendered text lines
+    pdf/doc-N.pdf, pdf/broken.pdf                 PDF pages for OCR (formats/sources/pdf.py): lines of prose
+    ocr-synth/pages.jsonl, ocr-synth/images/      synthetic document pages (synthetic/documents.py) from the text set
     text/docs.jsonl                               pure text, some documents longer than 2048 tokens
     chat/chat.json, chat/images/NNN.jpg           the public fine-tuning list (formats/chatml.py), 1-3 turns
     stage2_sample.json                            what to pass to stage2 and sft, and what each set must give
@@ -54,11 +56,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pymupdf
 from PIL import Image, ImageDraw, ImageFont
 
 from formats.boxes import normalize_box
-from formats.reasons import BOX_OUTSIDE_IMAGE, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, IMAGE_MISSING, MALFORMED, NO_REGIONS, TEXT_SPECIAL_TOKEN
+from formats.reasons import (BOX_OUTSIDE_IMAGE, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, FILE_UNREADABLE, IMAGE_MISSING, MALFORMED,
+                             NO_REGIONS, PAGE_TOO_FEW_CHARS, TEXT_SPECIAL_TOKEN)
 from formats import schemas
+from synthetic.ocr_sample import make_ocr_sample
 
 CONVERTER, STAGE2 = "converter", "stage2"  # where a planted record is caught
 MANIFEST = "stage2_sample.json"
@@ -698,6 +703,48 @@ def make_ocr(output: str, seed: int, n: int) -> dict:
     return summary(f"ocr:jsonl={path}", None, n, bad)
 
 
+# --- PDF pages and synthetic document pages -------------------------------------------------------------
+
+
+def make_pdfs(output: str, seed: int, n: int) -> dict:
+    """n A4 PDF pages of sentences in Helvetica, two a file, every third page shown rotated by 90 degrees; planted:
+    the last page holds two characters (page_too_few_chars) and broken.pdf is not a PDF (file_unreadable).
+    Saved without a new /ID or dates, so the bytes depend on the seed alone."""
+    rng = _rng(seed, "pdf")
+    folder = os.path.join(output, "pdf")
+    os.makedirs(folder, exist_ok=True)
+    bad = []
+    for first in range(0, n, 2):
+        path = os.path.join(folder, f"doc-{first // 2 + 1}.pdf")
+        document = pymupdf.open()
+        for number in range(first, min(first + 2, n)):
+            page = document.new_page(width=595, height=842)  # A4 in points: 1190 x 1684 px at 144 dpi
+            if number == n - 1:
+                page.insert_text((60, 80), "Hi", fontsize=14)
+                bad.append(planted(f"{path}:{number - first + 1}", PAGE_TOO_FEW_CHARS, CONVERTER, "a page with two characters"))
+            else:
+                for line in range(rng.randint(4, 10)):
+                    sentence = _sentence(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(SUBJECTS)}")
+                    page.insert_text((50, 70 + 44 * line), sentence, fontsize=14)
+            if number % 3 == 2:
+                page.set_rotation(90)
+        document.save(path, no_new_id=True)
+    broken = os.path.join(folder, "broken.pdf")
+    write_bytes(broken, b"%PDF-1.7\n% cut off before its first object\n")
+    bad.append(planted(broken, FILE_UNREADABLE, CONVERTER, "a file that is not a whole PDF"))
+    return summary(f"ocr:pdf={folder}", None, n + 1, bad)
+
+
+def make_synthetic_pages(output: str, seed: int, n: int) -> dict:
+    """n synthetic document pages (make-ocr-sample) from a corpus of 20 paragraphs of prose."""
+    rng = _rng(seed, "ocr-synth")
+    folder = os.path.join(output, "ocr-synth")
+    corpus = os.path.join(folder, "corpus.txt")
+    write_jsonl(corpus, [prose(rng, rng.randint(40, 80)).replace("\n\n", " ") for _ in range(20)])
+    make_ocr_sample(corpus, folder, n, seed=seed, language="en")
+    return summary(f"ocr:jsonl={os.path.join(folder, 'pages.jsonl')}", None, n, [])
+
+
 # --- pure text -----------------------------------------------------------------------------------
 
 SUBJECTS = ("the red square", "a small blue circle", "the long green rectangle", "every yellow triangle", "the purple ellipse",
@@ -844,8 +891,10 @@ def make_stage2_sample(output: str, seed: int = 0, per_set: int = 40) -> dict:
         "referring:vg": vg["referring"],
         "grounded_caption:vg": vg["grounded_caption"],
         "ocr:jsonl": make_ocr(output, seed, per_set),
+        "ocr:pdf": make_pdfs(output, seed, per_set // 4),
         "text:text": make_text(output, seed, per_set // 4),
     }
+    sets["ocr:synthetic"] = make_synthetic_pages(output, seed, per_set // 4)
     args, seen = [], set()
     for entry in sets.values():
         args += ["--source", entry["source"]]

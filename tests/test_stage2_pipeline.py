@@ -184,3 +184,21 @@ def test_the_readme_training_commands_run_as_written_on_the_pipelines_outputs(ru
         assert [m["step"] for m in metrics] == [1, 2, 3, 4]
         assert (output / "latest").read_text().strip() == "step-4"
     assert "warning" not in capsys.readouterr().err
+
+
+def test_pdf_pages_become_ocr_samples_or_rejects(tmp_path):
+    from tests.test_sources_pdf import text, write_pdf
+
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    write_pdf(pdfs / "a.pdf", [(400, 300, text(((50, 100), "Hello world"), ((50, 200), "Second line here"))), (400, 300, text(((50, 100), "Hi")))])
+    (pdfs / "b.pdf").write_bytes(b"%PDF-1.4 not really")
+    report = stage2.run(["--source", f"ocr:pdf={pdfs}", "--output", str(tmp_path / "out")])
+    [sample] = table(tmp_path / "out" / "samples")
+    assert (sample["task"], sample["key"]) == ("ocr", f"{pdfs / 'a.pdf'}:1")
+    assert sample["text"] == ("<img>pdf/a.pdf/1.png</img>OCR with grounding:<ref>Hello world</ref><quad>(125,261),(372,261),(372,353),(125,353)</quad>"
+                              "<ref>Second line here</ref><quad>(125,595),(500,595),(500,686),(125,686)</quad><|endoftext|>")
+    assert len(sample["images"]) == 1 and sample["images"][0][:8] == b"\x89PNG\r\n\x1a\n"
+    rejected = sorted((r["key"], r["reason"]) for r in table(tmp_path / "out" / "rejected"))
+    assert rejected == [(str(pdfs / "a.pdf") + ":2", "page_too_few_chars"), (str(pdfs / "b.pdf"), "file_unreadable")]
+    assert report["tasks"]["ocr"]["samples"] == 1
