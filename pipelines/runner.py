@@ -8,7 +8,7 @@ PortableRunner's `--job_endpoint embed`) sends each bundle's input to an SDK wor
 buffer, hands the copy to the send queue (which blocks while the queue is full) and then clears the
 buffer, so whatever the runner wrote during the hand-off is dropped without a word. A bundle whose input
 is many chunks (a flattened stream: one chunk per producing bundle) and takes over a second to send loses
-rows; `bench/flatten_loss.py` measures it (40,000 rows of 80 KB: 1,300-1,900 of 26,667 flattened rows
+rows; `bench/flatten_loss.py` measures it (40,000 rows of 80 KB: 1,195 to 9,867 of 26,667 flattened rows
 lost per run) and `tests/test_local_runner.py` shows the race itself. A limit of 0 makes the runner use
 the size-based stream, which only flushes where it is told to: the input is sent whole, nothing is lost.
 The setting lives in the launcher's process, which is where the FnApiRunner and the embedded job service
