@@ -109,7 +109,7 @@ PAGE_TOO_FEW_CHARS = "page_too_few_chars"
 PAGE_TOO_MANY_CHARS = "page_too_many_chars"
 PAGE_LATIN_EXTENDED = "page_latin_extended"  # a character of Latin Extended-A or -B (U+0100-U+024F)
 PAGE_PRIVATE_USE = "page_private_use"  # a Private Use Area character (often a glyph without Unicode)
-PAGE_UNMAPPED_CHARS = "page_unmapped_chars"  # U+FFFD: a glyph the PDF gives no Unicode for
+PAGE_UNMAPPED_CHARS = "page_unmapped_chars"  # U+FFFD: a glyph the PDF gives no Unicode for (HTML: bytes not in its charset)
 
 # OCR pages rendered from HTML (formats/sources/html_pages.py); the PDF reasons above also apply, except
 # PDF_ENCRYPTED, PAGE_LATIN_EXTENDED and IMAGE_TOO_SMALL (every image is at least the viewport).

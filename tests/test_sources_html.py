@@ -82,6 +82,13 @@ def test_wrapped_paragraph_gives_one_line_per_rendered_line():
     assert [region.quad[1][0] - region.quad[0][0] for _, region in lines[3:6]] == pytest.approx([60, 60, 60], abs=1)
 
 
+def test_pieces_of_one_block_apart_are_lines_of_their_own():
+    html = page('<div>Left words <span style="position:relative; top:40px">lower down</span></div>'
+                '<div style="margin-top:60px">Near <span style="margin-left:300px">far right</span></div>'
+                '<div style="margin-top:20px">One <b>bold</b> <sup>up</sup> line</div>')
+    assert texts(html) == ["Left words", "lower down", "Near", "far right", "One bold up line"]
+
+
 def test_hidden_text_is_not_a_line():
     html = page('<p>Shown text</p><p style="display:none">display none</p><p style="visibility:hidden">visibility hidden</p>'
                 '<p style="opacity:0">opacity zero</p><div style="display:none"><p>inside a hidden block</p></div><p hidden>hidden attribute</p>'
@@ -145,6 +152,7 @@ def test_page_rejects():
         (page("<p>Hi</p>"), Invalid("s", "k", "page_too_few_chars", "2 characters < 10")),
         (page("<p>" + "ten chars! " * 5 + "</p>"), Invalid("s", "k", "page_too_many_chars", "45 characters > 40")),
         (page("<p>icon \ue000 here and \U000f0001 there</p>"), Invalid("s", "k", "page_private_use", "U+E000, U+F0001")),
+        (b'<meta charset="utf-8"><p>broken \xff\xfe bytes here</p>', Invalid("s", "k", "page_unmapped_chars", "2 x U+FFFD")),
     ]
     for html, expected in cases:
         assert page_example(html, "text/html", "s", "k", "i.png", config) == expected

@@ -25,10 +25,11 @@ rendered with their text locations, and filters them as its PDF pages (formats/s
 
 Rejects: `file_unreadable` (no file, or a WARC that is not one), `record_unreadable` (a WARC record
 cut off or malformed: the rest of the file is lost), `record_not_html`, `http_not_ok` (not 2xx); per
-page: `page_timeout`, `page_unreadable` (the browser fails: a crashed tab), `page_no_text`,
-`page_too_few_chars` / `page_too_many_chars` and `page_private_use` as for PDF pages
-(pdf.check_text without its Latin Extended rule: Latin Extended letters are ordinary web text, and
-HTML text always has Unicode). No `image_too_small`: every image is at least the viewport.
+page: `page_timeout`, `page_unreadable` (the browser fails: a crashed tab), `page_no_text`, then
+`page_too_few_chars` / `page_too_many_chars`, `page_private_use` and `page_unmapped_chars` (U+FFFD:
+here bytes not in the page's charset) as for PDF pages (pdf.check_text without its Latin Extended
+rule: Latin Extended letters are ordinary web text). No `image_too_small`: every image is at least
+the viewport.
 
 The browser: started on first use, once per thread (Playwright's sync API belongs to the thread that
 starts it; a Beam worker runs a bundle in one thread), then reused for every file and page the thread
