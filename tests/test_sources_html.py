@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from fontTools.ttLib import TTFont
 from PIL import Image
+from playwright.sync_api import Error as BrowserError
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from formats.boxes import normalize_example
 from formats.example import OCR, Example, Invalid
+from formats.sources import html_pages
 from formats.sources.html_pages import HtmlConfig, loaded_page, page_example, page_lines, read_html, read_htmls, served_type
 
 SANS = "font: 20px 'DejaVu Sans'; margin: 0"
@@ -222,3 +224,12 @@ def test_folder_and_bad_format(tmp_path):
     assert list(read_htmls(str(tmp_path / "*.txt"))) == [Invalid("html", str(tmp_path / "*.txt"), "file_unreadable", "no HTML or WARC file there")]
     with pytest.raises(ValueError, match="image_format must be one of png, jpeg, not 'gif'"):
         list(read_html(str(tmp_path / "b.html"), config=HtmlConfig(image_format="gif")))
+
+
+def test_a_browser_that_cannot_start_raises(monkeypatch):
+    monkeypatch.setattr(html_pages, "CHROMIUM", "/nonexistent/chromium")
+    raised = []
+    thread = threading.Thread(target=lambda: raised.append(pytest.raises(BrowserError, page_example, page("<p>Some text here</p>"), "text/html", "s", "k", "i.png")))
+    thread.start()
+    thread.join()
+    assert "/nonexistent/chromium" in str(raised[0].value)  # this thread's own browser: not a reject

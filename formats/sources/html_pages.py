@@ -164,7 +164,9 @@ def page_lines(page: Page) -> list[tuple[str, Region]]:
 
 
 def page_example(body: bytes, content_type: str, source: str, key: str, image: str, config: HtmlConfig = HtmlConfig()) -> Example | Invalid:
-    """One HTML page as an OCR Example (screenshot, size, lines with pixel quads) or an Invalid with its reason."""
+    """One HTML page as an OCR Example (screenshot, size, lines with pixel quads) or an Invalid with its
+    reason. A browser that cannot start raises: that is the machine's fault, not the page's."""
+    browser()
     try:
         with loaded_page(body, content_type, config) as (page, _, deadline):
             lines = page_lines(page)
