@@ -1,7 +1,8 @@
-"""OCR pages per second on one core: synthetic pages (synthetic/documents.py) and PDF pages
-(formats/sources/pdf.py), each beside a baseline measured in the same run.
+"""OCR pages per second on one core: synthetic pages (synthetic/documents.py), PDF pages
+(formats/sources/pdf.py) and HTML pages (formats/sources/html_pages.py), each beside a baseline
+measured in the same run.
 
-    python bench/ocr_pages.py [--pages 60] [--pdf-pages 200] [--seed 0]
+    python bench/ocr_pages.py [--pages 60] [--pdf-pages 200] [--html-pages 100] [--seed 0]
 
 Synthetic, per language: the whole page (layout: wrapping and drawing each line's ink; rendering: paper,
 warp, shading, blur, noise; JPEG encoding), the layout alone, and the baseline: Pillow drawing the same
@@ -12,7 +13,15 @@ paragraphs of 20-80 words or 40-150 characters.
 PDF: a PDF of A4 pages written with PyMuPDF (40 lines of ~70 characters a page, Helvetica, some lines
 rotated), then read_pdf at 144 dpi as PNG and as JPEG, and the baseline: PyMuPDF's text extraction
 (get_text("dict")) of each page without rendering. The page filters are set wide (max_chars 10,000)
-so that every page is read whole. One process: pages/s is pages/s per core.
+so that every page is read whole.
+
+HTML: a WARC of article-like pages written with warcio (a heading, six paragraphs of random words, a
+two-column table, a link list; inline styles, one image that is blocked), then read_html as PNG and as
+JPEG (a fresh browser context a page, lines measured, screenshot), the loading alone (context, routes,
+page load, no lines, no screenshot), and the baseline: one reused
+Chromium page, page.set_content + PNG screenshot of the same pages, no isolation and no lines. The
+browser is started before timing. One process (Chromium's own processes beside it): pages/s is per
+Python process, not strictly per core.
 """
 
 import argparse
@@ -28,7 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pymupdf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
+from warcio.warcwriter import WARCWriter  # noqa: E402
+
 from formats.example import Example  # noqa: E402
+from formats.sources.html_pages import HtmlConfig, browser, loaded_page, read_html  # noqa: E402
 from formats.sources.pdf import PdfConfig, read_pdf  # noqa: E402
 from synthetic.documents import DocumentConfig, layout_page, synth_pages  # noqa: E402
 from synthetic.fonts import default_fonts, pil_font  # noqa: E402
@@ -110,16 +123,68 @@ def bench_pdf(pages: int, seed: int) -> None:
         print(f"  baseline: get_text('dict') only      {rate(pages, time.perf_counter() - started)}")
 
 
+def html_page(rng: random.Random) -> bytes:
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    paragraphs = "".join(f"<p>{words(rng.randint(25, 45)).capitalize()}.</p>" for _ in range(6))
+    rows = "".join(f"<tr><td>{words(2)}</td><td>{rng.randint(1, 999)}.{rng.randint(0, 99):02d}</td></tr>" for _ in range(6))
+    links = "".join(f'<li><a href="/{i}">{words(3)}</a></li>' for i in range(5))
+    return (f'<!doctype html><html><head><title>{words(4)}</title></head><body style="font: 16px sans-serif; max-width: 760px; margin: 24px auto">'
+            f'<h1>{words(5).title()}</h1><img src="/banner.png" width="600" height="80">{paragraphs}<table>{rows}</table><ul>{links}</ul></body></html>').encode()
+
+
+def write_warc(path: str, pages: list[bytes]) -> None:
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for i, body in enumerate(pages):
+            headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"http://bench.example/{i}", "response", payload=io.BytesIO(body), http_headers=headers))
+
+
+def bench_html(pages: int, seed: int) -> None:
+    rng = random.Random(seed)
+    bodies = [html_page(rng) for _ in range(pages)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "bench.warc.gz")
+        write_warc(path, bodies)
+        browser()  # started once per thread: not timed
+        for image_format in ("png", "jpeg"):
+            started = time.perf_counter()
+            examples = [e for e in read_html(path, config=HtmlConfig(image_format=image_format, max_chars=10_000)) if isinstance(e, Example)]
+            seconds = time.perf_counter() - started
+            assert len(examples) == pages
+            size = sum(len(e.image_bytes) for e in examples) / pages / 1e3
+            lines = sum(len(e.lines) for e in examples) / pages
+            pixels = sum(e.width * e.height for e in examples) / pages / 1e6
+            print(f"  read_html, {image_format:4}                    {rate(pages, seconds)}  ({size:.0f} KB a page, {lines:.0f} lines, {pixels:.2f} MP)")
+    started = time.perf_counter()
+    for body in bodies:
+        with loaded_page(body, "text/html; charset=utf-8"):
+            pass
+    print(f"  loading only: fresh context, routes   {rate(pages, time.perf_counter() - started)}")
+    page = browser().new_page(viewport={"width": 1280, "height": 720}, java_script_enabled=False)
+    started = time.perf_counter()
+    for body in bodies:
+        page.set_content(body.decode())
+        page.screenshot(full_page=True)
+    print(f"  baseline: set_content + screenshot   {rate(pages, time.perf_counter() - started)}")
+    page.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=60, help="synthetic pages per language (default 60)")
     parser.add_argument("--pdf-pages", type=int, default=200, help="PDF pages (default 200)")
+    parser.add_argument("--html-pages", type=int, default=100, help="HTML pages (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     for language in ("en", "zh"):
         bench_synthetic(language, args.pages, args.seed)
     print(f"PDF: {args.pdf_pages} A4 pages")
     bench_pdf(args.pdf_pages, args.seed)
+    print(f"HTML: {args.html_pages} article pages in a WARC")
+    bench_html(args.html_pages, args.seed)
 
 
 if __name__ == "__main__":

@@ -103,13 +103,20 @@ BAD_IMAGE_TAG = "bad_image_tag"  # the text's <img> tags do not match its images
 # OCR pages read from PDFs (formats/sources/pdf.py); FILE_UNREADABLE above is a PDF MuPDF cannot open,
 # IMAGE_TOO_SMALL a page whose rendered image is too small. The character rules are the Qwen-VL paper's.
 PDF_ENCRYPTED = "pdf_encrypted"  # the whole file needs a password to open
-PAGE_UNREADABLE = "page_unreadable"  # MuPDF fails on this page (the file's other pages are read)
+PAGE_UNREADABLE = "page_unreadable"  # MuPDF (or the browser: a crashed tab) fails on this page; the file's other pages are read
 PAGE_NO_TEXT = "page_no_text"  # no text layer: a scanned page, or only drawings and images
 PAGE_TOO_FEW_CHARS = "page_too_few_chars"
 PAGE_TOO_MANY_CHARS = "page_too_many_chars"
 PAGE_LATIN_EXTENDED = "page_latin_extended"  # a character of Latin Extended-A or -B (U+0100-U+024F)
 PAGE_PRIVATE_USE = "page_private_use"  # a Private Use Area character (often a glyph without Unicode)
-PAGE_UNMAPPED_CHARS = "page_unmapped_chars"  # U+FFFD: a glyph the PDF gives no Unicode for
+PAGE_UNMAPPED_CHARS = "page_unmapped_chars"  # U+FFFD: a glyph the PDF gives no Unicode for (HTML: bytes not in its charset)
+
+# OCR pages rendered from HTML (formats/sources/html_pages.py); the PDF reasons above also apply, except
+# PDF_ENCRYPTED, PAGE_LATIN_EXTENDED and IMAGE_TOO_SMALL (every image is at least the viewport).
+PAGE_TIMEOUT = "page_timeout"  # loading or screenshotting the page took longer than its time limit
+RECORD_NOT_HTML = "record_not_html"  # a WARC response whose Content-Type is not HTML (detail: the type)
+HTTP_NOT_OK = "http_not_ok"  # a WARC response whose HTTP status is not 2xx (a redirect, an error page)
+RECORD_UNREADABLE = "record_unreadable"  # a WARC record that cannot be parsed: the rest of its file is not read
 
 # Synthetic OCR pages (synthetic/documents.py).
 GLYPH_MISSING = "glyph_missing"  # a corpus paragraph with a character none of the fonts can draw

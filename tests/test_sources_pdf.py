@@ -155,14 +155,15 @@ def test_folder_and_glob(tmp_path):
 
 
 def test_check_text_rules():
-    assert check_text("Hello world, a fine page") is None
-    assert check_text("short") == ("page_too_few_chars", "5 characters < 10")
-    assert check_text("x" * 1801) == ("page_too_many_chars", "1801 characters > 1800")
-    assert check_text("naïve café ĀāȀ ɏ") == ("page_latin_extended", "U+0100, U+0101, U+0200 and 1 more")
-    assert check_text("naïve café, Ünïcödé") is None  # Latin-1 is not Latin Extended
-    assert check_text("plane 15 \U000f0001 glyph") == ("page_private_use", "U+F0001")
-    assert check_text("lost \ufffd\ufffd glyphs here") == ("page_unmapped_chars", "2 x U+FFFD")
-    assert check_text("中文页面的文字足够多了吗") is None
+    assert check_text("Hello world, a fine page", 10, 1800) is None
+    assert check_text("short", 10, 1800) == ("page_too_few_chars", "5 characters < 10")
+    assert check_text("x" * 1801, 10, 1800) == ("page_too_many_chars", "1801 characters > 1800")
+    assert check_text("naïve café ĀāȀ ɏ", 10, 1800) == ("page_latin_extended", "U+0100, U+0101, U+0200 and 1 more")
+    assert check_text("naïve café, Ünïcödé", 10, 1800) is None  # Latin-1 is not Latin Extended
+    assert check_text("plane 15 \U000f0001 glyph", 10, 1800) == ("page_private_use", "U+F0001")
+    assert check_text("lost \ufffd\ufffd glyphs here", 10, 1800) == ("page_unmapped_chars", "2 x U+FFFD")
+    assert check_text("中文页面的文字足够多了吗", 10, 1800) is None
+    assert check_text("naïve café ĀāȀ ɏ", 10, 1800, latin_extended=False) is None
 
 
 def test_bad_image_format(tmp_path):

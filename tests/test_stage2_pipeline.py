@@ -202,3 +202,26 @@ def test_pdf_pages_become_ocr_samples_or_rejects(tmp_path):
     rejected = sorted((r["key"], r["reason"]) for r in table(tmp_path / "out" / "rejected"))
     assert rejected == [(str(pdfs / "a.pdf") + ":2", "page_too_few_chars"), (str(pdfs / "b.pdf"), "file_unreadable")]
     assert report["tasks"]["ocr"]["samples"] == 1
+
+
+def test_html_pages_become_ocr_samples_or_rejects(tmp_path):
+    from tests.test_sources_html import page, write_warc
+
+    pages = tmp_path / "html"
+    pages.mkdir()
+    (pages / "a.html").write_bytes(page('<div style="position:absolute; left:128px; top:72px">Hello world</div>'
+                                        '<div style="position:absolute; left:640px; top:360px">Second line here</div>'))
+    (pages / "b.html").write_bytes(page("<p>Hi</p>"))
+    write_warc(pages / "c.warc.gz")
+    report = stage2.run(["--source", f"ocr:html={pages}", "--output", str(tmp_path / "out")])
+    samples = {s["key"]: s for s in table(tmp_path / "out" / "samples")}
+    assert sorted(samples) == [str(pages / "a.html"), "http://a.example/", "http://b.example/"]
+    sample = samples[str(pages / "a.html")]
+    assert sample["task"] == "ocr"
+    # 1280 x 720 px: x * 1000 / 1280, y * 1000 / 720; DejaVu Sans 20 px lines are 23.3 px high
+    assert sample["text"] == ("<img>html/a.html/1.png</img>OCR with grounding:<ref>Hello world</ref><quad>(100,100),(187,100),(187,133),(100,133)</quad>"
+                              "<ref>Second line here</ref><quad>(500,500),(630,500),(630,533),(500,533)</quad><|endoftext|>")
+    assert len(sample["images"]) == 1 and sample["images"][0][:8] == b"\x89PNG\r\n\x1a\n"
+    rejected = sorted((r["key"], r["reason"]) for r in table(tmp_path / "out" / "rejected"))
+    assert rejected == [(str(pages / "b.html"), "page_too_few_chars"), ("http://a.example/logo.png", "record_not_html"), ("http://a.example/old", "http_not_ok")]
+    assert report["tasks"]["ocr"]["samples"] == 3

@@ -9,7 +9,7 @@ take the data set's annotation file or folder as published.
 from collections.abc import Callable, Iterator
 
 from formats.example import CAPTION, GROUNDED_CAPTION, GROUNDING, OCR, REFERRING, TEXT, VQA
-from formats.sources import captions, grounding, ocr, pdf, refer, text, visual_genome, vqa
+from formats.sources import captions, grounding, html_pages, ocr, pdf, refer, text, visual_genome, vqa
 
 # (task, format) -> converter(path)
 CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
@@ -27,6 +27,7 @@ CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
     (GROUNDING, "grit"): lambda path: grounding.read_grit(path, GROUNDING),
     (OCR, "jsonl"): ocr.read_ocr,
     (OCR, "pdf"): pdf.read_pdf,
+    (OCR, "html"): html_pages.read_html,
     (TEXT, "text"): text.read_text,
 }
 for _task in (REFERRING, GROUNDED_CAPTION):
@@ -36,7 +37,7 @@ for _task in (REFERRING, GROUNDED_CAPTION):
         CONVERTERS[(_task, _name)] = lambda path, task=_task: refer.read_refcoco(path, task)
 
 # Formats whose converter reads one file at a time: a folder or glob of them is split into files.
-PER_FILE = {"grit": ("*.parquet", "*.tar", "*.jsonl"), "jsonl": ("*.jsonl",), "pdf": ("*.pdf",), "text": ("*.txt", "*.jsonl"), "curated": ("*.parquet",)}
+PER_FILE = {"grit": ("*.parquet", "*.tar", "*.jsonl"), "jsonl": ("*.jsonl",), "pdf": ("*.pdf",), "html": ("*.html", "*.htm", "*.warc", "*.warc.gz"), "text": ("*.txt", "*.jsonl"), "curated": ("*.parquet",)}
 
 
 def convert(task: str, format: str, path: str) -> Iterator:

@@ -76,14 +76,16 @@ def _shown(chars: list[str]) -> str:
     return first + (f" and {len(chars) - 3} more" if len(chars) > 3 else "")
 
 
-def check_text(text: str, config: PdfConfig = PdfConfig()) -> tuple[str, str] | None:
-    """(reason, detail) when a page's text fails a character rule, else None (rules in the module docstring)."""
+def check_text(text: str, min_chars: int, max_chars: int, latin_extended: bool = True) -> tuple[str, str] | None:
+    """(reason, detail) when a page's text fails a character rule, else None (rules in the module docstring;
+    `latin_extended=False` leaves out the Latin Extended rule, as formats/sources/html_pages.py does)."""
     chars = sum(not ch.isspace() for ch in text)
-    if chars < config.min_chars:
-        return PAGE_TOO_FEW_CHARS, f"{chars} characters < {config.min_chars}"
-    if chars > config.max_chars:
-        return PAGE_TOO_MANY_CHARS, f"{chars} characters > {config.max_chars}"
-    for reason, pattern in ((PAGE_LATIN_EXTENDED, _LATIN_EXTENDED), (PAGE_PRIVATE_USE, _PRIVATE_USE)):
+    if chars < min_chars:
+        return PAGE_TOO_FEW_CHARS, f"{chars} characters < {min_chars}"
+    if chars > max_chars:
+        return PAGE_TOO_MANY_CHARS, f"{chars} characters > {max_chars}"
+    rules = ((PAGE_LATIN_EXTENDED, _LATIN_EXTENDED),) if latin_extended else ()
+    for reason, pattern in rules + ((PAGE_PRIVATE_USE, _PRIVATE_USE),):
         found = sorted(set(pattern.findall(text)))
         if found:
             return reason, _shown(found)
@@ -114,7 +116,7 @@ def page_example(page: pymupdf.Page, source: str, key: str, image: str, config: 
         lines = text_lines(page)
         if not lines:
             return Invalid(source, key, PAGE_NO_TEXT, "no text line")
-        failed = check_text("\n".join(text for text, _ in lines), config)
+        failed = check_text("\n".join(text for text, _ in lines), config.min_chars, config.max_chars)
         if failed:
             return Invalid(source, key, *failed)
         pixmap = page.get_pixmap(matrix=pymupdf.Matrix(config.dpi / 72, config.dpi / 72), alpha=False)
