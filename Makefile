@@ -39,7 +39,7 @@ demo: $(STAMP)
 		--source referring:refcoco=demo/annotated/refer/refcoco --source grounded_caption:refcoco=demo/annotated/refer/refcoco \
 		--images refcoco=demo/annotated/coco/train2014 --source grounding:grit=demo/annotated/grit \
 		--source referring:vg=demo/annotated/vg --source grounded_caption:vg=demo/annotated/vg \
-		--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source ocr:pdf=demo/annotated/pdf \
+		--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source ocr:pdf=demo/annotated/pdf --source ocr:html=demo/annotated/html \
 		--source ocr:jsonl=demo/annotated/ocr-synth/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
 	$(PY) beam_runner.py sft --input demo/annotated/chat/chat.json --output demo/sft
 	$(PY) beam_runner.py inspect demo/stage2/samples --rows 2 --render demo/samples.html --limit 200
@@ -47,7 +47,7 @@ demo: $(STAMP)
 	rm -rf demo/train
 	$(PY) -m model.train --stage 2 --data demo/stage2/packed --preset tiny --output demo/train \
 		--steps 6 --micro-batch 2 --global-batch 4 --lr 1e-3 --warmup-steps 1 --unit-rows 8
-	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/ocr.html (rendered, PDF and synthetic pages with their quads); training: demo/train/metrics.jsonl"
+	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); training: demo/train/metrics.jsonl"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

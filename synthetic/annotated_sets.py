@@ -12,6 +12,7 @@ with images rendered here, so that `beam_runner.py stage2` (and `sft`) run every
     vg/image_data.json, vg/region_descriptions.json, vg/VG_100K/ID.jpg, vg/VG_100K_2/ID.jpg   Visual Genome v1.2
     ocr/pages.jsonl, ocr/images/NNNN.jpg          our OCR manifest (formats/sources/ocr.py): rendered text lines
     pdf/doc-N.pdf, pdf/broken.pdf                 PDF pages for OCR (formats/sources/pdf.py): lines of prose
+    html/page-N.html                              HTML pages for OCR (formats/sources/html_pages.py): paragraphs
     ocr-synth/pages.jsonl, ocr-synth/images/      synthetic document pages (synthetic/documents.py) from the text set
     text/docs.jsonl                               pure text, some documents longer than 2048 tokens
     chat/chat.json, chat/images/NNN.jpg           the public fine-tuning list (formats/chatml.py), 1-3 turns
@@ -735,6 +736,26 @@ def make_pdfs(output: str, seed: int, n: int) -> dict:
     return summary(f"ocr:pdf={folder}", None, n + 1, bad)
 
 
+def make_html_pages(output: str, seed: int, n: int) -> dict:
+    """n HTML pages of short paragraphs in DejaVu Sans (stage 2 renders them in headless Chromium); planted:
+    the last page holds two characters (page_too_few_chars)."""
+    rng = _rng(seed, "html")
+    folder = os.path.join(output, "html")
+    bad = []
+    for number in range(1, n + 1):
+        path = os.path.join(folder, f"page-{number}.html")
+        if number == n:
+            body = "<p>Hi</p>"
+            bad.append(planted(path, PAGE_TOO_FEW_CHARS, CONVERTER, "a page with two characters"))
+        else:
+            paragraphs = [" ".join(_sentence(f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(SUBJECTS)}") for _ in range(rng.randint(2, 4)))
+                          for _ in range(rng.randint(2, 3))]
+            body = "".join(f"<p>{paragraph}</p>" for paragraph in paragraphs)
+        page = f'<!doctype html><html><head><meta charset="utf-8"></head><body style="font: 18px DejaVu Sans; margin: 40px">{body}</body></html>'
+        write_bytes(path, page.encode())
+    return summary(f"ocr:html={folder}", None, n, bad)
+
+
 def make_synthetic_pages(output: str, seed: int, n: int) -> dict:
     """n synthetic document pages (make-ocr-sample) from a corpus of 20 paragraphs of prose."""
     rng = _rng(seed, "ocr-synth")
@@ -892,6 +913,7 @@ def make_stage2_sample(output: str, seed: int = 0, per_set: int = 40) -> dict:
         "grounded_caption:vg": vg["grounded_caption"],
         "ocr:jsonl": make_ocr(output, seed, per_set),
         "ocr:pdf": make_pdfs(output, seed, per_set // 4),
+        "ocr:html": make_html_pages(output, seed, max(3, per_set // 8)),
         "text:text": make_text(output, seed, per_set // 4),
     }
     sets["ocr:synthetic"] = make_synthetic_pages(output, seed, per_set // 4)
