@@ -12,11 +12,11 @@ FONT_PACKAGES := fonts-dejavu-core fonts-wqy-zenhei fonts-arphic-uming
 # Chromium for HTML pages (formats/sources/html_pages.py): Playwright drives /usr/bin/chromium and never
 # downloads a browser of its own. Debian's package, installed the same way when /usr/bin/chromium is missing.
 BROWSER_PACKAGES := chromium
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 $(STAMP): pyproject.toml
-	dpkg -s $(FONT_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(FONT_PACKAGES); }
-	[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }
+	dpkg -s $(FONT_PACKAGES) >/dev/null 2>&1 || { $(APT) update && $(APT) install -y --no-install-recommends $(FONT_PACKAGES); }
+	[ -x /usr/bin/chromium ] || { $(APT) update && $(APT) install -y --no-install-recommends $(BROWSER_PACKAGES); }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
