@@ -4,7 +4,7 @@ phrase, a quad and an image.
 Both write coordinates on the same [0, 1000) grid as `(x1,y1),(x2,y2)` (`formats.boxes`); they differ in
 the tags around them and in the image span:
 
-| | `qwen-vl` (Qwen-VL paper §2.2, `tokenization_qwen.py`) | `qwen2-vl` (Qwen2-VL paper §2.1, its `tokenizer_config.json`) |
+| | `qwen-vl` (Qwen-VL paper §2.2, `tokenization_qwen.py`) | `qwen2-vl` (Qwen2-VL paper, arXiv 2409.12191, §2.2.1; its `tokenizer_config.json`) |
 |---|---|---|
 | phrase | `<ref>the eyes</ref>` | `<|object_ref_start|>the eyes<|object_ref_end|>` |
 | box | `<box>(176,106),(232,160)</box>` | `<|box_start|>(176,106),(232,160)<|box_end|>` |
