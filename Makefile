@@ -49,7 +49,17 @@ demo: $(STAMP)
 		--steps 6 --micro-batch 2 --global-batch 4 --lr 1e-3 --warmup-steps 1 --unit-rows 8
 	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); training: demo/train/metrics.jsonl"
 
-test: $(STAMP)
+# The released Qwen2-VL code the tests compare against (tests/qwen2vl_reference.py): transformers and
+# qwen-vl-utils in a folder of their own, as transformers 4.57.6 needs a huggingface-hub below 1.0 and the
+# venv's is newer; --no-deps, so numpy, torch and the rest come from the venv.
+REFERENCE := .reference
+$(REFERENCE)/.installed: $(STAMP)
+	rm -rf $(REFERENCE)
+	$(PY) -m pip install --quiet --target $(REFERENCE) --no-deps transformers==4.57.6 'huggingface-hub<1.0' \
+		'tokenizers>=0.22.0,<=0.23.0' qwen-vl-utils==0.0.14
+	touch $@
+
+test: $(STAMP) $(REFERENCE)/.installed
 	$(PY) -m pytest -q
 
 clean:

@@ -42,9 +42,15 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 EXTRAS = tuple(f"<|extra_{i}|>" for i in range(205))
 REF, REF_END, BOX, BOX_END, QUAD, QUAD_END = "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>"
 IMG, IMG_END, IMGPAD = "<img>", "</img>", "<imgpad>"
-# Ids are assigned in this order from 151643.
+
+
+def special_ids(specials: tuple[str, ...]) -> dict[str, int]:
+    """Ids of special tokens, assigned in their order right after the BPE ranks, from 151643."""
+    return {token: N_RANKS + i for i, token in enumerate(specials)}
+
+
 SPECIALS = (ENDOFTEXT, IM_START, IM_END) + EXTRAS + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD)
-SPECIAL_IDS = {token: N_RANKS + i for i, token in enumerate(SPECIALS)}
+SPECIAL_IDS = special_ids(SPECIALS)
 
 ENDOFTEXT_ID = SPECIAL_IDS[ENDOFTEXT]  # 151643
 PAD_ID = ENDOFTEXT_ID

@@ -1,0 +1,127 @@
+"""The two token dialects, Qwen-VL's and Qwen2-VL's, as data, and the markup each writes for a grounded
+phrase, a quad and an image.
+
+Both write coordinates on the same [0, 1000) grid as `(x1,y1),(x2,y2)` (`formats.boxes`); they differ in
+the tags around them and in the image span:
+
+| | `qwen-vl` (Qwen-VL paper §2.2, `tokenization_qwen.py`) | `qwen2-vl` (Qwen2-VL paper, arXiv 2409.12191, §2.2.1; its `tokenizer_config.json`) |
+|---|---|---|
+| phrase | `<ref>the eyes</ref>` | `<|object_ref_start|>the eyes<|object_ref_end|>` |
+| box | `<box>(176,106),(232,160)</box>` | `<|box_start|>(176,106),(232,160)<|box_end|>` |
+| quad | `<quad>..</quad>` | `<|quad_start|>..<|quad_end|>` |
+| image | `<img>`, 256 `<imgpad>`, `</img>` | `<|vision_start|>`, n `<|image_pad|>`, `<|vision_end|>` (n from the image's size) |
+
+Ids: both vocabularies are qwen.tiktoken's 151,643 byte-level BPE ranks followed by the dialect's special
+tokens in order (`formats.tokenizer.special_ids`). Qwen2-VL's are `<|endoftext|>`, `<|im_start|>`,
+`<|im_end|>` (151643-151645, as in Qwen-VL) then its eleven vision tokens, `<|object_ref_start|>` 151646
+to `<|video_pad|>` 151656, where Qwen-VL has `<|extra_0|>`..`<|extra_10|>`.
+"""
+
+from dataclasses import dataclass
+
+from formats import tokenizer
+from formats.boxes import NormBox, NormQuad, format_box, format_quad
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One model's markup tokens; `image_slots` is the fixed pad count of an image, None when it varies."""
+
+    name: str
+    ref: str  # opens a grounded phrase
+    ref_end: str
+    box: str  # opens a box's coordinates
+    box_end: str
+    quad: str
+    quad_end: str
+    image: str  # opens an image span
+    image_end: str
+    image_pad: str  # one slot of an image's features
+    video_pad: str | None  # one slot of a video's features; None: no video
+    image_slots: int | None
+    specials: tuple[str, ...]  # the special tokens, in id order after the BPE ranks
+
+    def special_ids(self) -> dict[str, int]:
+        """Each special token's id."""
+        return tokenizer.special_ids(self.specials)
+
+
+QWEN_VL = Dialect(
+    name="qwen-vl",
+    ref=tokenizer.REF,
+    ref_end=tokenizer.REF_END,
+    box=tokenizer.BOX,
+    box_end=tokenizer.BOX_END,
+    quad=tokenizer.QUAD,
+    quad_end=tokenizer.QUAD_END,
+    image=tokenizer.IMG,
+    image_end=tokenizer.IMG_END,
+    image_pad=tokenizer.IMGPAD,
+    video_pad=None,
+    image_slots=tokenizer.IMAGE_SLOTS,
+    specials=tokenizer.SPECIALS,
+)
+
+QWEN2_VL = Dialect(
+    name="qwen2-vl",
+    ref="<|object_ref_start|>",
+    ref_end="<|object_ref_end|>",
+    box="<|box_start|>",
+    box_end="<|box_end|>",
+    quad="<|quad_start|>",
+    quad_end="<|quad_end|>",
+    image="<|vision_start|>",
+    image_end="<|vision_end|>",
+    image_pad="<|image_pad|>",
+    video_pad="<|video_pad|>",
+    image_slots=None,
+    specials=(tokenizer.ENDOFTEXT, tokenizer.IM_START, tokenizer.IM_END)
+    + ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
+    + ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
+)
+
+DIALECTS = {d.name: d for d in (QWEN_VL, QWEN2_VL)}
+
+
+def get_dialect(name: str) -> Dialect:
+    """The dialect called `name`."""
+    if name not in DIALECTS:
+        raise ValueError(f"unknown dialect {name!r}: one of {', '.join(DIALECTS)}")
+    return DIALECTS[name]
+
+
+def render_box(dialect: Dialect, box: NormBox, phrase: str | None = None) -> str:
+    """A grid box in its tags, after its phrase in ref tags when given:
+    `<|object_ref_start|>the eyes<|object_ref_end|><|box_start|>(176,106),(232,160)<|box_end|>`."""
+    ref = "" if phrase is None else f"{dialect.ref}{phrase}{dialect.ref_end}"
+    return f"{ref}{dialect.box}{format_box(box)}{dialect.box_end}"
+
+
+def render_quad(dialect: Dialect, quad: NormQuad, phrase: str | None = None) -> str:
+    """A grid quad in its tags, after its phrase (an OCR line) in ref tags when given."""
+    ref = "" if phrase is None else f"{dialect.ref}{phrase}{dialect.ref_end}"
+    return f"{ref}{dialect.quad}{format_quad(quad)}{dialect.quad_end}"
+
+
+def _span_tokens(dialect: Dialect, slots: int, video: bool) -> tuple[str, str, str]:
+    """The start, pad and end tokens of an image (a video) span of `slots` pads, checked."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"an image has a positive number of slots, not {slots!r}")
+    if dialect.image_slots is not None and slots != dialect.image_slots:
+        raise ValueError(f"a {dialect.name} image has {dialect.image_slots} slots, not {slots}")
+    if video and dialect.video_pad is None:
+        raise ValueError(f"{dialect.name} has no video token")
+    return dialect.image, dialect.video_pad if video else dialect.image_pad, dialect.image_end
+
+
+def image_span(dialect: Dialect, slots: int, video: bool = False) -> str:
+    """An image (a video) as text: the start tag, `slots` pads, the end tag."""
+    start, pad, end = _span_tokens(dialect, slots, video)
+    return start + pad * slots + end
+
+
+def image_span_ids(dialect: Dialect, slots: int, video: bool = False) -> list[int]:
+    """The ids of `image_span(dialect, slots, video)`."""
+    ids = dialect.special_ids()
+    start, pad, end = (ids[t] for t in _span_tokens(dialect, slots, video))
+    return [start] + [pad] * slots + [end]

@@ -1,0 +1,98 @@
+"""Reference values from the released Qwen2-VL code: transformers 4.57.6 (`Qwen2VLImageProcessor`,
+`smart_resize`, `Qwen2VLModel.get_rope_index`) and qwen-vl-utils 0.0.14 (`smart_nframes`), installed
+into .reference (`make test` does it: `pip install --target .reference --no-deps ...`).
+
+They run in a child process: transformers 4.57.6 needs huggingface-hub < 1.0, while the venv's is 2.x
+and open_clip imports it into the test process first. The child puts .reference first on sys.path;
+.reference holds no numpy or torch (installed with --no-deps), so the venv's are the ones used.
+
+`reference(name, cases)` runs `name` (resize, rope or nframes below) on the JSON-able `cases`.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parent.parent / ".reference"
+
+
+def reference(name: str, cases: list) -> list:
+    """The reference's answers for `cases`, computed in a child process."""
+    if not (REFERENCE / "transformers").is_dir():
+        raise RuntimeError(f"{REFERENCE} has no transformers: run `make test` (or its .reference step) first")
+    done = subprocess.run(
+        [sys.executable, __file__], input=json.dumps({"name": name, "cases": cases}), capture_output=True, text=True, timeout=300
+    )
+    if done.returncode:
+        raise RuntimeError(f"reference {name} failed:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+def resize(cases):
+    """[height, width, min_pixels, max_pixels] -> [smart_resize's (h, w), image_grid_thw of a preprocess
+    call on a zero image of that size], or the ValueError's message."""
+    import numpy as np
+    from transformers import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    out = []
+    for height, width, min_pixels, max_pixels in cases:
+        try:
+            size = smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+        image = np.zeros((height, width, 3), dtype=np.uint8)
+        grid = processor(images=[image], input_data_format="channels_last", return_tensors="np")["image_grid_thw"]
+        out.append([list(size), grid[0].tolist()])
+    return out
+
+
+def rope(cases):
+    """{"ids": [...], "images": [[t, h, w], ...], "videos": [...]} -> the 3 x len(ids) position ids of
+    get_rope_index on a tiny Qwen2VLModel built on CPU."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLModel
+
+    config = Qwen2VLConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "vocab_size": 151936, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "spatial_merge_size": 2},
+    )
+    model = Qwen2VLModel(config)
+    out = []
+    for case in cases:
+        grids = {k: torch.tensor(case[k]) if case[k] else None for k in ("images", "videos")}
+        ids, _ = model.get_rope_index(torch.tensor([case["ids"]]), image_grid_thw=grids["images"], video_grid_thw=grids["videos"])
+        out.append(ids[:, 0].tolist())
+    return out
+
+
+def nframes(cases):
+    """[total_frames, video_fps] -> smart_nframes with the default 2 fps, or the ValueError's message."""
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    out = []
+    for total, fps in cases:
+        try:
+            out.append(smart_nframes({}, total_frames=total, video_fps=fps))
+        except ValueError as e:
+            out.append(str(e))
+    return out
+
+
+def main():
+    sys.path.insert(0, str(REFERENCE))
+    import numpy
+    import torch
+
+    for module in (numpy, torch):
+        assert REFERENCE not in Path(module.__file__).parents, f"{module.__name__} from {REFERENCE}"
+    request = json.load(sys.stdin)
+    print(json.dumps({"resize": resize, "rope": rope, "nframes": nframes}[request["name"]](request["cases"])))
+
+
+if __name__ == "__main__":
+    main()
