@@ -55,8 +55,8 @@ demo: $(STAMP)
 REFERENCE := .reference
 $(REFERENCE)/.installed: $(STAMP)
 	rm -rf $(REFERENCE)
-	$(PY) -m pip install --quiet --target $(REFERENCE) --no-deps transformers==4.57.6 'huggingface-hub<1.0' \
-		'tokenizers>=0.22.0,<=0.23.0' qwen-vl-utils==0.0.14
+	$(PY) -m pip install --quiet --target $(REFERENCE) --no-deps transformers==4.57.6 huggingface-hub==0.36.2 \
+		tokenizers==0.22.2 qwen-vl-utils==0.0.14
 	touch $@
 
 test: $(STAMP) $(REFERENCE)/.installed
