@@ -19,7 +19,8 @@ from warcio.warcwriter import WARCWriter
 from formats.boxes import normalize_example
 from formats.example import OCR, Example, Invalid
 from formats.sources import html_pages
-from formats.sources.html_pages import HtmlConfig, loaded_page, page_example, page_lines, read_html, read_htmls, served_type
+from formats.sources.html_pages import HtmlConfig, loaded_page, page_example, page_lines, read_html, served_type
+from pipelines.stage2 import source_files
 
 SANS = "font: 20px 'DejaVu Sans'; margin: 0"
 DEJAVU_SANS = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
@@ -218,11 +219,11 @@ def test_broken_files(tmp_path):
 
 def test_folder_and_bad_format(tmp_path):
     (tmp_path / "b.html").write_bytes(page("<p>Page b in a folder</p>"))
-    (tmp_path / "a.HTM").write_bytes(page("<p>Page a in a folder</p>"))
+    (tmp_path / "a.htm").write_bytes(page("<p>Page a in a folder</p>"))
     (tmp_path / "notes.txt").write_text("<p>not a page here</p>")
-    keys = [(e.key, e.image) for e in read_htmls(str(tmp_path), source="web")]
-    assert keys == [(str(tmp_path / "a.HTM"), "web/a.HTM/1.png"), (str(tmp_path / "b.html"), "web/b.html/1.png")]
-    assert list(read_htmls(str(tmp_path / "*.txt"))) == [Invalid("html", str(tmp_path / "*.txt"), "file_unreadable", "no HTML or WARC file there")]
+    keys = [(e.key, e.image) for f in source_files(str(tmp_path), "html") for e in read_html(f, source="web")]
+    assert keys == [(str(tmp_path / "a.htm"), "web/a.htm/1.png"), (str(tmp_path / "b.html"), "web/b.html/1.png")]
+    assert source_files(str(tmp_path / "none" / "*.html"), "html") == ()
     with pytest.raises(ValueError, match="image_format must be one of png, jpeg, not 'gif'"):
         list(read_html(str(tmp_path / "b.html"), config=HtmlConfig(image_format="gif")))
 

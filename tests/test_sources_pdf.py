@@ -13,7 +13,8 @@ from PIL import Image
 
 from formats.boxes import normalize_example
 from formats.example import OCR, Invalid
-from formats.sources.pdf import PdfConfig, check_text, read_pdf, read_pdfs
+from formats.sources.pdf import PdfConfig, check_text, read_pdf
+from pipelines.stage2 import source_files
 
 DEJAVU = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # fonts-dejavu-core (the Makefile installs it)
 
@@ -143,15 +144,15 @@ def test_file_rejects(tmp_path):
     assert (invalid.key, invalid.reason) == (str(tmp_path / "gone.pdf"), "file_unreadable")
 
 
-def test_folder_and_glob(tmp_path):
+def test_folder_and_glob_as_stage2_lists_them(tmp_path):
     good = (400, 300, text(((50, 100), "Hello world")))
-    for name in ("b.pdf", "a.PDF"):
+    for name in ("b.pdf", "a.pdf"):
         write_pdf(tmp_path / name, [good, good])
     (tmp_path / "notes.txt").write_text("not a pdf")
-    keys = [e.key for e in read_pdfs(str(tmp_path))]
-    assert keys == [f"{tmp_path}/a.PDF:1", f"{tmp_path}/a.PDF:2", f"{tmp_path}/b.pdf:1", f"{tmp_path}/b.pdf:2"]
-    assert [e.key for e in read_pdfs(f"{tmp_path}/b*.pdf")] == [f"{tmp_path}/b.pdf:1", f"{tmp_path}/b.pdf:2"]
-    assert list(read_pdfs(f"{tmp_path}/none/*.pdf")) == [Invalid("pdf", f"{tmp_path}/none/*.pdf", "file_unreadable", "no PDF file there")]
+    keys = [e.key for f in source_files(str(tmp_path), "pdf") for e in read_pdf(f)]
+    assert keys == [f"{tmp_path}/a.pdf:1", f"{tmp_path}/a.pdf:2", f"{tmp_path}/b.pdf:1", f"{tmp_path}/b.pdf:2"]
+    assert [e.key for f in source_files(f"{tmp_path}/b*.pdf", "pdf") for e in read_pdf(f)] == [f"{tmp_path}/b.pdf:1", f"{tmp_path}/b.pdf:2"]
+    assert source_files(f"{tmp_path}/none/*.pdf", "pdf") == ()
 
 
 def test_check_text_rules():

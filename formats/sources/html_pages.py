@@ -52,7 +52,7 @@ from playwright.sync_api import TimeoutError as BrowserTimeout
 from warcio.archiveiterator import ArchiveIterator
 
 from formats.example import OCR, Example, Invalid, Region
-from formats.files import match, open_file
+from formats.files import open_file
 from formats.reasons import (
     FILE_UNREADABLE,
     HTTP_NOT_OK,
@@ -70,7 +70,6 @@ CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-sync", "--no-first-run", "--hide-scrollbars", "--host-resolver-rules=MAP * ~NOTFOUND")
 PAGE_URL = "http://page.invalid/"  # where a page's own bytes are served (.invalid never resolves: RFC 2606)
 HTML_TYPES = ("text/html", "application/xhtml+xml")
-HTML_FILES = (".html", ".htm")
 WARC_FILES = (".warc", ".warc.gz")
 _LINES_JS = (Path(__file__).parent / "html_lines.js").read_text()
 
@@ -245,14 +244,3 @@ def read_html(path: str, source: str = "html", config: HtmlConfig = HtmlConfig()
         return
     yield page_example(body, "text/html", source, path, _image(source, path, 1, config), config)
 
-
-def read_htmls(path: str, source: str = "html", config: HtmlConfig = HtmlConfig()) -> Iterator[Example | Invalid]:
-    """The pages of every HTML or WARC file a path names: a file, a folder's files, or a glob
-    (formats/files.match); a path naming none is one `file_unreadable` Invalid."""
-    files = match(path)
-    if files != [path]:
-        files = [f for f in files if f.lower().endswith(HTML_FILES + WARC_FILES)]
-    if not files:
-        yield Invalid(source, path, FILE_UNREADABLE, "no HTML or WARC file there")
-    for f in files:
-        yield from read_html(f, source, config)

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import pymupdf
 
 from formats.example import OCR, Example, Invalid, Region
-from formats.files import match, open_file
+from formats.files import open_file
 from formats.reasons import (
     FILE_UNREADABLE,
     IMAGE_TOO_SMALL,
@@ -109,8 +109,9 @@ def text_lines(page: pymupdf.Page) -> list[tuple[str, pymupdf.Quad]]:
 def page_example(page: pymupdf.Page, source: str, key: str, image: str, config: PdfConfig = PdfConfig()) -> Example | Invalid:
     """One page as an OCR Example (image bytes, size, lines with pixel quads) or an Invalid with its reason."""
     try:
-        to_pixels = page.rotation_matrix * pymupdf.Matrix(config.dpi / 72, config.dpi / 72)
-        shown = page.rect * pymupdf.Matrix(config.dpi / 72, config.dpi / 72)
+        scale = pymupdf.Matrix(config.dpi / 72, config.dpi / 72)
+        to_pixels = page.rotation_matrix * scale
+        shown = page.rect * scale
         if min(shown.width, shown.height) < config.min_side_px:
             return Invalid(source, key, IMAGE_TOO_SMALL, f"{shown.width:.0f}x{shown.height:.0f} px at {config.dpi} dpi, shorter side < {config.min_side_px}")
         lines = text_lines(page)
@@ -119,7 +120,7 @@ def page_example(page: pymupdf.Page, source: str, key: str, image: str, config: 
         failed = check_text("\n".join(text for text, _ in lines), config.min_chars, config.max_chars)
         if failed:
             return Invalid(source, key, *failed)
-        pixmap = page.get_pixmap(matrix=pymupdf.Matrix(config.dpi / 72, config.dpi / 72), alpha=False)
+        pixmap = page.get_pixmap(matrix=scale, alpha=False)
         data = pixmap.tobytes(IMAGE_FORMATS[config.image_format], jpg_quality=config.jpeg_quality)
     except Exception as e:  # MuPDF raises on a broken page (content stream, fonts)
         return Invalid(source, key, PAGE_UNREADABLE, error_text(e))
@@ -161,14 +162,3 @@ def read_pdf(path: str, source: str = "pdf", config: PdfConfig = PdfConfig()) ->
                 continue
             yield page_example(page, source, key, image, config)
 
-
-def read_pdfs(path: str, source: str = "pdf", config: PdfConfig = PdfConfig()) -> Iterator[Example | Invalid]:
-    """The pages of every PDF a path names: a file, a folder's *.pdf files, or a glob (formats/files.match);
-    a path naming no PDF is one `file_unreadable` Invalid."""
-    files = match(path)
-    if files != [path]:
-        files = [f for f in files if f.lower().endswith(".pdf")]
-    if not files:
-        yield Invalid(source, path, FILE_UNREADABLE, "no PDF file there")
-    for f in files:
-        yield from read_pdf(f, source, config)
