@@ -35,6 +35,19 @@ REJECTED = pa.schema(
     ]
 )
 
+# What a row of either dialect carries for the model beside its ids (formats/dialects.py). Qwen-VL images
+# are 448x448 by design: its rows have only `dialect`, the rest null. Qwen2-VL (formats/dynamic_resolution.py): each image
+# keeps its own resolution, resized by the trainer to image_sizes[i] (height, width: multiples of 28) =
+# 14 x (h, w) of image_grid_thw[i]; a video is its sampled frames, already resized, as JPEG.
+QWEN2_VL_COLUMNS = [
+    ("dialect", pa.string()),  # "qwen-vl" or "qwen2-vl": which tokens the ids are
+    ("image_sizes", pa.list_(pa.list_(pa.int32()))),  # per image: [height, width] after smart_resize
+    ("image_grid_thw", pa.list_(pa.list_(pa.int32()))),  # per image: [1, h, w] in 14 px patches
+    ("videos", pa.list_(pa.list_(pa.binary()))),  # per video: its sampled frames, JPEG, at the resized size
+    ("video_grid_thw", pa.list_(pa.list_(pa.int32()))),  # per video: [t, h, w], t = frames / 2
+    ("mrope_position_ids", pa.list_(pa.list_(pa.int32()))),  # [temporal, height, width] ids per token (M-RoPE)
+]
+
 # stage2 / sft: one row per formatted sample.
 SAMPLES = pa.schema(
     [
@@ -48,6 +61,8 @@ SAMPLES = pa.schema(
         ("images", pa.list_(pa.binary())),  # encoded bytes, in the order of the <img> tokens
         ("image_refs", pa.list_(pa.string())),  # what each <img>...</img> named
     ]
+    + QWEN2_VL_COLUMNS
+    + [("video_refs", pa.list_(pa.string()))]  # what each video span named (qwen2-vl)
 )
 
 # stage2 / sft: one row per training sequence of exactly seq_len tokens. A sequence's documents may come
@@ -66,6 +81,7 @@ PACKED = pa.schema(
         ("sample_uids", pa.list_(pa.string())),  # the samples packed in it, in order
         ("sources", pa.list_(pa.string())),  # each document's source, in the same order
     ]
+    + QWEN2_VL_COLUMNS
 )
 
 # stage2 / sft rejects: what could not become a sample, or a sample that could not be packed.
