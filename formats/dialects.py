@@ -12,15 +12,26 @@ the tags around them and in the image span:
 | image | `<img>`, 256 `<imgpad>`, `</img>` | `<|vision_start|>`, n `<|image_pad|>`, `<|vision_end|>` (n from the image's size) |
 
 Ids: both vocabularies are qwen.tiktoken's 151,643 byte-level BPE ranks followed by the dialect's special
-tokens in order (`formats.tokenizer.special_ids`). Qwen2-VL's are `<|endoftext|>`, `<|im_start|>`,
+tokens in order (`special_ids`). Qwen2-VL's are `<|endoftext|>`, `<|im_start|>`,
 `<|im_end|>` (151643-151645, as in Qwen-VL) then its eleven vision tokens, `<|object_ref_start|>` 151646
 to `<|video_pad|>` 151656, where Qwen-VL has `<|extra_0|>`..`<|extra_10|>`.
 """
 
 from dataclasses import dataclass
 
-from formats import tokenizer
 from formats.boxes import NormBox, NormQuad, format_box, format_quad
+
+N_RANKS = 151_643  # BPE ranks in qwen.tiktoken; ids 0-255 are the single bytes
+ENDOFTEXT = "<|endoftext|>"  # end of document; also the pad token
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+EXTRAS = tuple(f"<|extra_{i}|>" for i in range(205))
+REF, REF_END, BOX, BOX_END, QUAD, QUAD_END = "<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>"
+IMG, IMG_END, IMGPAD = "<img>", "</img>", "<imgpad>"
+
+
+def special_ids(specials: tuple[str, ...]) -> dict[str, int]:
+    """Ids of special tokens, assigned in their order right after the BPE ranks, from 151643."""
+    return {token: N_RANKS + i for i, token in enumerate(specials)}
 
 
 @dataclass(frozen=True)
@@ -43,23 +54,28 @@ class Dialect:
 
     def special_ids(self) -> dict[str, int]:
         """Each special token's id."""
-        return tokenizer.special_ids(self.specials)
+        return special_ids(self.specials)
+
+    @property
+    def vision_tokens(self) -> tuple[str, ...]:
+        """The tokens that belong only inside an image or video span."""
+        return (self.image, self.image_end, self.image_pad) + ((self.video_pad,) if self.video_pad else ())
 
 
 QWEN_VL = Dialect(
     name="qwen-vl",
-    ref=tokenizer.REF,
-    ref_end=tokenizer.REF_END,
-    box=tokenizer.BOX,
-    box_end=tokenizer.BOX_END,
-    quad=tokenizer.QUAD,
-    quad_end=tokenizer.QUAD_END,
-    image=tokenizer.IMG,
-    image_end=tokenizer.IMG_END,
-    image_pad=tokenizer.IMGPAD,
+    ref=REF,
+    ref_end=REF_END,
+    box=BOX,
+    box_end=BOX_END,
+    quad=QUAD,
+    quad_end=QUAD_END,
+    image=IMG,
+    image_end=IMG_END,
+    image_pad=IMGPAD,
     video_pad=None,
-    image_slots=tokenizer.IMAGE_SLOTS,
-    specials=tokenizer.SPECIALS,
+    image_slots=256,
+    specials=(ENDOFTEXT, IM_START, IM_END) + EXTRAS + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD),
 )
 
 QWEN2_VL = Dialect(
@@ -75,7 +91,7 @@ QWEN2_VL = Dialect(
     image_pad="<|image_pad|>",
     video_pad="<|video_pad|>",
     image_slots=None,
-    specials=(tokenizer.ENDOFTEXT, tokenizer.IM_START, tokenizer.IM_END)
+    specials=(ENDOFTEXT, IM_START, IM_END)
     + ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
     + ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
 )

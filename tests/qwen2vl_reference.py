@@ -1,5 +1,5 @@
 """Reference values from the released Qwen2-VL code: transformers 4.57.6 (`Qwen2VLImageProcessor`,
-`smart_resize`, `Qwen2VLModel.get_rope_index`) and qwen-vl-utils 0.0.14 (`smart_nframes`), installed
+`smart_resize`, `Qwen2VLModel.get_rope_index`, `Qwen2Tokenizer`) and qwen-vl-utils 0.0.14 (`smart_nframes`), installed
 into .reference (`make test` does it: `pip install --target .reference --no-deps ...`).
 
 They run in a child process: transformers 4.57.6 needs huggingface-hub < 1.0, while the venv's is 2.x
@@ -83,15 +83,39 @@ def nframes(cases):
     return out
 
 
+def tokenize(cases):
+    """[text, ...] -> the ids transformers' Qwen2Tokenizer (the released BPE and pre-tokenizer, in Python)
+    gives each text, its vocab.json and merges.txt made from the same qwen.tiktoken and its special tokens
+    Qwen2-VL's, in their released order after <|endoftext|>."""
+    import tempfile
+
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from formats.dialects import QWEN2_VL
+    from formats.tokenizer import default_vocabulary
+
+    vocabulary = str(default_vocabulary())
+    vocab, merges = TikTokenConverter(vocab_file=vocabulary).extract_vocab_merges_from_model(vocabulary)
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        tokenizer = Qwen2Tokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt", additional_special_tokens=list(QWEN2_VL.specials[1:]))
+    assert tokenizer.convert_tokens_to_ids(list(QWEN2_VL.specials)) == list(range(151643, 151657))
+    return [tokenizer(text)["input_ids"] for text in cases]
+
+
 def main():
     sys.path.insert(0, str(REFERENCE))
+    sys.path.append(str(REFERENCE.parent))  # the project, for the vocabulary's path
     import numpy
     import torch
 
     for module in (numpy, torch):
         assert REFERENCE not in Path(module.__file__).parents, f"{module.__name__} from {REFERENCE}"
     request = json.load(sys.stdin)
-    print(json.dumps({"resize": resize, "rope": rope, "nframes": nframes}[request["name"]](request["cases"])))
+    functions = {"resize": resize, "rope": rope, "nframes": nframes, "tokenize": tokenize}
+    print(json.dumps(functions[request["name"]](request["cases"])))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from formats.tokenizer import (
@@ -12,6 +14,7 @@ from formats.tokenizer import (
     VocabularyError,
     default_vocabulary,
 )
+from tests.qwen2vl_reference import reference
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +165,58 @@ def test_wrong_vocabulary_size(tmp_path):
     path.write_bytes(b"IQ== 0\nIg== 1\n")
     with pytest.raises(VocabularyError, match="2 tokens, not Qwen's 151,643 distinct ranks"):
         QwenTokenizer(path)
+
+
+# Qwen2-VL: the same ranks, its own specials, images of any pad count.
+
+
+@pytest.fixture(scope="module")
+def tok2():
+    return QwenTokenizer(dialect="qwen2-vl")
+
+
+def test_qwen2_vl_special_ids(tok2):
+    assert tok2.n_vocab == 151_657
+    assert tok2.encode("<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>") == [
+        151646, 64, 151647, 151648, 7, 16, 11, 17, 23547, 18, 11, 19, 8, 151649]
+    assert tok2.encode("<ref>a</ref>") == tok2.encoding.encode_ordinary("<ref>a</ref>")  # Qwen-VL's tags are text here
+
+
+def test_qwen2_vl_image_and_video_spans(tok2):
+    enc = tok2.encode_segments([("<|vision_start|>a.jpg<|vision_end|>Hi<|vision_start|>v.mp4<|vision_end|>", False), ("Yes", True)],
+                               vision=[(4, False), (2, True)])
+    assert enc.ids == [151652] + [151655] * 4 + [151653] + tok2.encode("Hi") + [151652, 151656, 151656, 151653] + tok2.encode("Yes")
+    assert enc.mask == [0] * (len(enc.ids) - 1) + [1]
+    assert enc.images == ["a.jpg", "v.mp4"]
+    assert tok2.decode(enc.ids) == "<|vision_start|>[4 slots]<|vision_end|>Hi<|vision_start|>[2 video slots]<|vision_end|>Yes"
+    assert tok2.decode(enc.ids, enc.images) == "<|vision_start|>a.jpg<|vision_end|>Hi<|vision_start|>v.mp4<|vision_end|>Yes"
+
+
+@pytest.mark.parametrize(
+    "text, vision, message",
+    [
+        ("<|vision_start|>a.jpg<|vision_end|>", None, "qwen2-vl images vary in size: give each span's (slots, video)"),
+        ("<|vision_start|>a.jpg<|vision_end|>", [], "more image spans than the 0 sizes given"),
+        ("<|vision_start|>a.jpg<|vision_end|>", [(1, False), (1, False)], "1 image spans but 2 sizes given"),
+        ("x<|image_pad|>", [], "<|image_pad|> outside an <|vision_start|>REF<|vision_end|> pair"),
+        ("<|vision_start|>a", [], "<|vision_start|> outside an <|vision_start|>REF<|vision_end|> pair"),
+        ("<|vision_start|><|vision_end|>", [(1, False)], "image reference '': empty, or holds a special token"),
+    ],
+)
+def test_qwen2_vl_bad_spans(tok2, text, vision, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        tok2.encode(text, vision)
+
+
+def test_qwen2_vl_matches_transformers_qwen2_tokenizer(tok2):
+    """transformers' Qwen2Tokenizer (its own pre-tokenizer and BPE) on the same texts, images spelt out as pads."""
+    texts = [
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{img}What is 12345 in 中文?<|im_end|>\n",
+        "<|object_ref_start|>the eyes on a giraffe<|object_ref_end|><|box_start|>(176,106),(232,160)<|box_end|> it's   fine\n\n",
+        "{img}OCR with grounding:<|object_ref_start|>Total: $1,024.50<|object_ref_end|><|quad_start|>(1,2),(3,4),(5,6),(7,8)<|quad_end|>",
+        "Ünïcödé ｆｕｌｌ width 🙂 and tabs\tand\r\nnewlines<|endoftext|>",
+    ]
+    expected = reference("tokenize", [t.replace("{img}", "<|vision_start|>" + "<|image_pad|>" * 3 + "<|vision_end|>") for t in texts])
+    for text, ids in zip(texts, expected):
+        vision = [(3, False)] * text.count("{img}")
+        assert tok2.encode(text.replace("{img}", "<|vision_start|>p.jpg<|vision_end|>"), vision) == ids
