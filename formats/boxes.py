@@ -154,13 +154,6 @@ def format_quad(quad: NormQuad) -> str:
     return ",".join(f"({x},{y})" for x, y in quad)
 
 
-def format_region(region: Region) -> str:
-    """A normalized region with its tags: "<box>(x1,y1),(x2,y2)</box>" or "<quad>...</quad>"."""
-    if region.box is not None:
-        return f"<box>{format_box(region.box)}</box>"
-    return f"<quad>{format_quad(region.quad)}</quad>"
-
-
 def normalize_example(example: Example, width: int | None = None, height: int | None = None) -> Example | Invalid:
     """The example with every region on the 1000 grid (width and height default to the example's own),
     or an Invalid for its first bad region; the detail names it, e.g. "spans[1].regions[0]: ..."."""

@@ -51,6 +51,8 @@ class Dialect:
     video_pad: str | None  # one slot of a video's features; None: no video
     image_slots: int | None
     specials: tuple[str, ...]  # the special tokens, in id order after the BPE ranks
+    picture_prefix: bool  # chats: `Picture N: ` before each image and a newline after it (formats/chatml.py)
+    supervise_turn_markers: bool  # chats: <|im_start|> and <|im_end|>\n supervised in every turn, not only the assistant's
 
     def special_ids(self) -> dict[str, int]:
         """Each special token's id."""
@@ -76,6 +78,8 @@ QWEN_VL = Dialect(
     video_pad=None,
     image_slots=256,
     specials=(ENDOFTEXT, IM_START, IM_END) + EXTRAS + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD),
+    picture_prefix=True,  # Qwen-VL's finetune.py and chat format
+    supervise_turn_markers=True,  # finetune.py's mask
 )
 
 QWEN2_VL = Dialect(
@@ -94,6 +98,8 @@ QWEN2_VL = Dialect(
     specials=(ENDOFTEXT, IM_START, IM_END)
     + ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>")
     + ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
+    picture_prefix=False,  # the released chat template puts the span inline
+    supervise_turn_markers=False,  # Qwen's qwen-vl-finetune (data_qwen.py): the assistant's content and <|im_end|>\n only
 )
 
 DIALECTS = {d.name: d for d in (QWEN_VL, QWEN2_VL)}
@@ -104,6 +110,20 @@ def get_dialect(name: str) -> Dialect:
     if name not in DIALECTS:
         raise ValueError(f"unknown dialect {name!r}: one of {', '.join(DIALECTS)}")
     return DIALECTS[name]
+
+
+def translate_grounding(text: str, dialect: Dialect) -> str:
+    """`text` with the other dialects' phrase, box and quad tags written as `dialect`'s."""
+    for other in DIALECTS.values():
+        if other is not dialect:
+            for field in ("ref", "ref_end", "box", "box_end", "quad", "quad_end"):
+                text = text.replace(getattr(other, field), getattr(dialect, field))
+    return text
+
+
+def render_region(dialect: Dialect, region) -> str:
+    """A normalized Region (formats/example.py: a box or a quad on the grid) in its tags."""
+    return render_box(dialect, region.box) if region.box is not None else render_quad(dialect, region.quad)
 
 
 def render_box(dialect: Dialect, box: NormBox, phrase: str | None = None) -> str:

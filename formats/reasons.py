@@ -96,8 +96,11 @@ CHAT_TURN_ORDER = "chat_turn_order"
 CHAT_SPECIAL_TOKEN = "chat_special_token"
 CHAT_BAD_IMAGE_TAG = "chat_bad_image_tag"
 CHAT_IMAGE_NOT_IN_USER = "chat_image_not_in_user"
+CHAT_MEDIA_COUNT = "chat_media_count"  # <image>/<video> placeholders and the images/videos listed differ in number
 
-# Images and tokens (pipelines/stage2.py); IMAGE_MISSING and IMAGE_UNREADABLE above also apply.
+# Images and tokens (pipelines/stage2.py); IMAGE_MISSING and IMAGE_UNREADABLE above also apply, and
+# IMAGE_ASPECT_RATIO is a Qwen2-VL image whose sides differ by more than 200 times (its processor refuses it).
+VIDEO_UNSUPPORTED = "video_unsupported"  # a video in the Qwen-VL dialect, which has no video tokens
 BAD_IMAGE_TAG = "bad_image_tag"  # the text's <img> tags do not match its images
 
 # OCR pages read from PDFs (formats/sources/pdf.py); FILE_UNREADABLE above is a PDF MuPDF cannot open,

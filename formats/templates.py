@@ -1,9 +1,12 @@
-"""The seven stage-2 task formats (Qwen-VL paper §3.2, from the appendix's examples).
+"""The seven stage-2 task formats (Qwen-VL paper §3.2, from the appendix's examples), in either dialect.
 
-`render(example)` turns a normalized Example (formats/boxes.py) into segments of text, each with
+`render(example, dialect)` turns a normalized Example (formats/boxes.py) into segments of text, each with
 whether it is supervised: the prompt (not supervised), then the target, which ends with <|endoftext|>.
-The image is written `<img>PATH</img>` (its file name, or the key where it has none); the tokenizer
-expands it later.
+The image (or video) is written `<img>PATH</img>` (its file name, or the key where it has none); the
+tokenizer expands it later. The table is Qwen-VL's markup; Qwen2-VL (formats/dialects.py) writes the same
+prompts and targets with its own tags: `<|vision_start|>PATH<|vision_end|>`, `<|object_ref_start|>..`,
+`<|box_start|>..<|box_end|>`, `<|quad_start|>..<|quad_end|>`. The Qwen2-VL paper gives no stage-2
+prompts of its own, so the task wording is Qwen-VL's in both.
 
 | task | prompt | target |
 |---|---|---|
@@ -34,7 +37,7 @@ those (run `check` first on data).
 
 import re
 
-from formats.boxes import format_region
+from formats.dialects import DIALECTS, QWEN_VL, Dialect, render_region
 from formats.example import CAPTION, GROUNDED_CAPTION, GROUNDING, OCR, REFERRING, TASKS, TEXT, VQA, Example, Invalid
 from formats.reasons import FIELD_EMPTY, LANG_UNKNOWN, REGION_NOT_NORMALIZED, SPAN_INVALID, TASK_UNKNOWN, TEXT_SPECIAL_TOKEN
 
@@ -43,15 +46,15 @@ EOS = "<|endoftext|>"
 Segment = tuple[str, bool]  # text, and whether the model is trained to predict it
 
 # The prompt (after the image) and the target (before <eos>) of each task, per language: {text} is the
-# example's text, {question} its question, {regions} its regions as <box>/<quad> tags, {spans} the text
-# with its grounded phrases tagged, {lines} the OCR lines tagged.
+# example's text, {question} its question, {regions} its regions as box/quad tags, {spans} the text
+# with its grounded phrases tagged, {lines} the OCR lines tagged; {ref} and {ref_end} the phrase tags.
 TEMPLATES = {
     "en": {
         CAPTION: ("Generate the caption in English:", " {text}"),
         VQA: (" {question} Answer:", " {text}"),
         GROUNDING: ("Generate the caption in English with grounding:", " {spans}"),
-        REFERRING: ("<ref>{text}</ref>", "{regions}"),
-        GROUNDED_CAPTION: ("<ref>This</ref>{regions} is", " {text}"),
+        REFERRING: ("{ref}{text}{ref_end}", "{regions}"),
+        GROUNDED_CAPTION: ("{ref}This{ref_end}{regions} is", " {text}"),
         OCR: ("OCR with grounding:", "{lines}"),
         TEXT: ("", "{text}"),
     },
@@ -59,16 +62,16 @@ TEMPLATES = {
         CAPTION: ("Generate the caption in Chinese:", " {text}"),
         VQA: (" {question} Answer:", " {text}"),
         GROUNDING: ("Generate the caption in Chinese with grounding:", " {spans}"),
-        REFERRING: ("<ref>{text}</ref>", "{regions}"),
-        GROUNDED_CAPTION: ("<ref>这</ref>{regions}是", "{text}"),
+        REFERRING: ("{ref}{text}{ref_end}", "{regions}"),
+        GROUNDED_CAPTION: ("{ref}这{ref_end}{regions}是", "{text}"),
         OCR: ("OCR with grounding:", "{lines}"),
         TEXT: ("", "{text}"),
     },
 }
 
 
-# Qwen-VL's special tokens and tags, in the form text would spell them.
-SPECIAL_TOKENS = re.compile(r"<\|(?:endoftext|im_start|im_end|extra_\d+)\|>|</?(?:img|ref|box|quad)>|<imgpad>")
+# The special tokens and tags of both dialects, in the form text would spell them.
+SPECIAL_TOKENS = re.compile("|".join(re.escape(t) for t in sorted({t for d in DIALECTS.values() for t in d.specials}, key=len, reverse=True)))
 
 _NEEDS = {  # the fields each task needs non-empty
     CAPTION: ("text",),
@@ -130,20 +133,21 @@ def check(example: Example) -> Invalid | None:
     return None
 
 
-def _tag_spans(example: Example) -> str:
-    """The text with each grounded phrase as <ref>PHRASE</ref> followed by its regions."""
+def _tag_spans(example: Example, dialect: Dialect) -> str:
+    """The text with each grounded phrase in ref tags followed by its regions."""
     out, end = [], 0
     for span in example.spans:
         out.append(example.text[end : span.start])
-        out.append(f"<ref>{example.text[span.start : span.end]}</ref>")
-        out.extend(format_region(r) for r in span.regions)
+        out.append(f"{dialect.ref}{example.text[span.start : span.end]}{dialect.ref_end}")
+        out.extend(render_region(dialect, r) for r in span.regions)
         end = span.end
     out.append(example.text[end:])
     return "".join(out)
 
 
-def render(example: Example) -> list[Segment]:
-    """The example as [(prompt, False), (target, True)]; pure text is [(document + <eos>, True)]."""
+def render(example: Example, dialect: Dialect = QWEN_VL) -> list[Segment]:
+    """The example as [(prompt, False), (target, True)] in `dialect`'s markup; pure text is
+    [(document + <eos>, True)]."""
     problem = check(example)
     if problem is not None:
         raise ValueError(f"{problem.reason}: {problem.detail}")
@@ -151,12 +155,14 @@ def render(example: Example) -> list[Segment]:
     fields = {
         "text": example.text,
         "question": example.question,
-        "regions": "".join(format_region(r) for r in example.regions),
-        "spans": _tag_spans(example) if example.task == GROUNDING else "",
-        "lines": "".join(f"<ref>{line}</ref>{format_region(r)}" for line, r in example.lines),
+        "regions": "".join(render_region(dialect, r) for r in example.regions),
+        "spans": _tag_spans(example, dialect) if example.task == GROUNDING else "",
+        "lines": "".join(f"{dialect.ref}{line}{dialect.ref_end}{render_region(dialect, r)}" for line, r in example.lines),
+        "ref": dialect.ref,
+        "ref_end": dialect.ref_end,
     }
     target = target.format(**fields) + EOS
     if example.task == TEXT:
         return [(target, True)]
     image = example.image or example.key
-    return [(f"<img>{image}</img>" + prompt.format(**fields), False), (target, True)]
+    return [(f"{dialect.image}{image}{dialect.image_end}" + prompt.format(**fields), False), (target, True)]

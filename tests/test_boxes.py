@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
+from formats.dialects import QWEN2_VL, QWEN_VL, render_region
 from formats.boxes import (
     BoxError,
     format_box,
     format_quad,
-    format_region,
     normalize_box,
     normalize_example,
     normalize_quad,
@@ -139,8 +139,10 @@ def test_bad_quads(quad, reason, detail):
 def test_format():
     assert format_box((176, 106, 232, 160)) == "(176,106),(232,160)"
     assert format_quad(((568, 121), (625, 131), (624, 182), (567, 172))) == "(568,121),(625,131),(624,182),(567,172)"
-    assert format_region(Region(box=(0, 0, 999, 999))) == "<box>(0,0),(999,999)</box>"
-    assert format_region(Region(quad=((1, 2), (3, 4), (5, 6), (7, 8)))) == "<quad>(1,2),(3,4),(5,6),(7,8)</quad>"
+    assert render_region(QWEN_VL, Region(box=(0, 0, 999, 999))) == "<box>(0,0),(999,999)</box>"
+    assert render_region(QWEN_VL, Region(quad=((1, 2), (3, 4), (5, 6), (7, 8)))) == "<quad>(1,2),(3,4),(5,6),(7,8)</quad>"
+    assert render_region(QWEN2_VL, Region(box=(0, 0, 999, 999))) == "<|box_start|>(0,0),(999,999)<|box_end|>"
+    assert render_region(QWEN2_VL, Region(quad=((1, 2), (3, 4), (5, 6), (7, 8)))) == "<|quad_start|>(1,2),(3,4),(5,6),(7,8)<|quad_end|>"
     for not_normalized in [(0, 0, 1000, 10), (0.0, 0, 10, 10), (-1, 0, 10, 10)]:
         with pytest.raises(ValueError):
             format_box(not_normalized)

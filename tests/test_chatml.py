@@ -1,6 +1,7 @@
 import pytest
 
 from formats.chatml import Chat, render
+from formats.dialects import QWEN2_VL, QWEN_VL
 from formats.example import Invalid
 
 SYSTEM = [("<|im_start|>", True), ("system\nYou are a helpful assistant.", False)]
@@ -137,3 +138,91 @@ def _turns(*pairs):
 def test_invalid_records(record, reason, detail):
     key = record.get("id", "f:0") if isinstance(record, dict) else "f:0"
     assert render(record, "sft", fallback_key="f:0") == Invalid("sft", key, reason, detail)
+
+
+# Qwen2-VL, and the messages layout of LLaMA-Factory and ms-swift.
+
+
+def test_qwen2_vl_inline_spans_and_assistant_only_mask():
+    record = {
+        "id": "q2",
+        "conversations": [
+            {"from": "user", "value": "Picture 1: <img>a.jpg</img>\nWhere is <ref>the cat</ref>?"},
+            {"from": "assistant", "value": "<ref>The cat</ref><box>(1,2),(3,4)</box>"},
+        ],
+    }
+    chat = render(record, "sft", dialect=QWEN2_VL)
+    assert chat == Chat(
+        "q2",
+        [
+            ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+             "<|vision_start|>a.jpg<|vision_end|>Where is <|object_ref_start|>the cat<|object_ref_end|>?<|im_end|>\n"
+             "<|im_start|>assistant\n", False),
+            ("<|object_ref_start|>The cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>\n", True),
+        ],
+        ["a.jpg"],
+    )
+
+
+MESSAGES = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "<image><video>What happens? Compare with <image>"},
+        {"role": "assistant", "content": "<|object_ref_start|>A dog<|object_ref_end|> runs."},
+    ],
+    "images": ["a.jpg", "b.jpg"],
+    "videos": ["v.mp4"],
+}
+
+
+def test_messages_layout_in_qwen2_vl():
+    chat = render(MESSAGES, "llamafactory", fallback_key="data.jsonl:4", dialect=QWEN2_VL)
+    assert chat == Chat(
+        "data.jsonl:4",
+        [
+            ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|vision_start|>a.jpg<|vision_end|>"
+             "<|vision_start|>v.mp4<|vision_end|>What happens? Compare with <|vision_start|>b.jpg<|vision_end|><|im_end|>\n"
+             "<|im_start|>assistant\n", False),
+            ("<|object_ref_start|>A dog<|object_ref_end|> runs.<|im_end|>\n", True),
+        ],
+        ["a.jpg", "v.mp4", "b.jpg"],
+        (1,),
+    )
+
+
+def test_messages_layout_in_qwen_vl():
+    record = {"messages": [{"role": "user", "content": "<image>Hi <box>(1,2),(3,4)</box>"}, {"role": "assistant", "content": "Yes."}],
+              "images": ["a.jpg"]}
+    chat = render(record, "swift", fallback_key="k")
+    assert chat.text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nPicture 1: <img>a.jpg</img>\nHi <box>(1,2),(3,4)</box><|im_end|>\n"
+        "<|im_start|>assistant\nYes.<|im_end|>\n"
+    )
+    assert chat.images == ["a.jpg"] and chat.video_indices == ()
+
+
+def _messages(*pairs, **lists):
+    return {"id": "m", "messages": [{"role": r, "content": c} for r, c in pairs], **lists}
+
+
+@pytest.mark.parametrize(
+    "record, dialect, reason, detail",
+    [
+        (MESSAGES, QWEN_VL, "video_unsupported", "turn 1 (user): qwen-vl has no video tokens"),
+        (_messages(("user", "<image>a"), ("assistant", "b")), QWEN2_VL, "chat_media_count", "1 <image> placeholders but 0 images"),
+        (_messages(("user", "a"), ("assistant", "b"), videos=["v.mp4"]), QWEN2_VL, "chat_media_count", "0 <video> placeholders but 1 videos"),
+        (_messages(("user", "<image>a"), ("assistant", "b"), images="a.jpg"), QWEN2_VL, "chat_bad_image_tag", "images is not a list of paths: 'a.jpg'"),
+        (_messages(("user", "<image>a"), ("assistant", "b"), images=["x<y.jpg"]), QWEN2_VL, "chat_bad_image_tag", "images is not a list of paths: ['x<y.jpg']"),
+        (_messages(("user", "a"), ("assistant", "<image>"), images=["a.jpg"]), QWEN2_VL, "chat_image_not_in_user", "turn 1 (assistant) holds <img>"),
+        (_messages(("user", "a<|image_pad|>"), ("assistant", "b")), QWEN2_VL, "chat_special_token", "turn 0 (user) holds <|image_pad|>"),
+        (_messages(("user", "a<|vision_start|>"), ("assistant", "b")), QWEN_VL, "chat_special_token", "turn 0 (user) holds <|vision_start|>"),
+        (_messages(("bot", "a")), QWEN2_VL, "chat_unknown_role", "turn 0: role 'bot'"),
+        ({"id": "m", "messages": [{"role": "user"}]}, QWEN2_VL, "chat_value_not_string", "turn 0: content is missing"),
+        ({"id": "m", "messages": []}, QWEN2_VL, "chat_no_conversations", "messages is []"),
+        (_turns(("user", "<video>a.mp4</video>"), ("assistant", "b")), QWEN_VL, "video_unsupported", "turn 0 (user): qwen-vl has no video tokens"),
+        (_messages(("user", "<video>a.mp4</video>"), ("assistant", "b")), QWEN2_VL, "chat_media_count", "1 <video> placeholders but 0 videos"),
+    ],
+)
+def test_invalid_messages_records(record, dialect, reason, detail):
+    assert render(record, "swift", fallback_key="f:0", dialect=dialect) == Invalid("swift", record["id"], reason, detail)

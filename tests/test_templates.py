@@ -5,6 +5,7 @@ import pytest
 from formats.boxes import normalize_example
 from formats.sources.refer import xywh_region
 from formats.example import Example, Invalid, Region, Span
+from formats.dialects import QWEN2_VL
 from formats.templates import check, render
 
 EOS = "<|endoftext|>"
@@ -240,3 +241,37 @@ def test_check(change, reason, detail):
     assert check(bad) == Invalid("grit", "1", reason, detail)
     with pytest.raises(ValueError, match=reason):
         render(bad)
+
+
+QWEN2_VL_TAGS = [("<img>", "<|vision_start|>"), ("</img>", "<|vision_end|>"), ("<ref>", "<|object_ref_start|>"),
+                 ("</ref>", "<|object_ref_end|>"), ("<box>", "<|box_start|>"), ("</box>", "<|box_end|>"),
+                 ("<quad>", "<|quad_start|>"), ("</quad>", "<|quad_end|>")]
+
+
+def _in_qwen2_vl(text: str) -> str:
+    for old, new in QWEN2_VL_TAGS:
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.mark.parametrize("pixels, size, prompt, target", TABLE, ids=[f"{t[0].task}-{t[0].source}" for t in TABLE])
+def test_spec_table_in_qwen2_vl(pixels, size, prompt, target):
+    """The same prompts and targets, each tag the Qwen2-VL one; the coordinates do not move."""
+    example = normalize_example(pixels, *size)
+    assert render(example, QWEN2_VL) == [(_in_qwen2_vl(prompt), False), (_in_qwen2_vl(target) + EOS, True)]
+
+
+def test_qwen2_vl_exact_strings():
+    example = Example("referring", "refcoco", "1", image="a.jpg", text="the eyes", regions=(Region(box=(176, 106, 232, 160)),))
+    assert render(example, QWEN2_VL) == [
+        ("<|vision_start|>a.jpg<|vision_end|><|object_ref_start|>the eyes<|object_ref_end|>", False),
+        ("<|box_start|>(176,106),(232,160)<|box_end|><|endoftext|>", True),
+    ]
+    ocr = Example("ocr", "pdf", "2", image="p.png", lines=(("Total", Region(quad=((1, 2), (3, 4), (5, 6), (7, 8)))),))
+    assert render(ocr, QWEN2_VL)[1] == ("<|object_ref_start|>Total<|object_ref_end|><|quad_start|>(1,2),(3,4),(5,6),(7,8)<|quad_end|><|endoftext|>", True)
+
+
+@pytest.mark.parametrize("token", ["<|vision_start|>", "<|image_pad|>", "<|box_start|>", "<|object_ref_end|>", "<ref>", "<imgpad>"])
+def test_either_dialects_tokens_in_text_are_rejected(token):
+    example = Example("caption", "cc3m", "1", image="a.jpg", text=f"a {token} b")
+    assert check(example) == Invalid("cc3m", "1", "text_special_token", f"text holds {token}")
