@@ -225,4 +225,4 @@ def _messages(*pairs, **lists):
     ],
 )
 def test_invalid_messages_records(record, dialect, reason, detail):
-    assert render(record, "swift", fallback_key="f:0", dialect=dialect) == Invalid("swift", record["id"], reason, detail)
+    assert render(record, "swift", fallback_key="f:0", dialect=dialect) == Invalid("swift", record.get("id", "f:0"), reason, detail)
