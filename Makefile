@@ -22,6 +22,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Every annotated set of make-stage2-sample, as stage 2 reads it (both dialects).
+STAGE2_SOURCES := --source caption:curated=demo/stage1/curated \
+	--source vqa:vqav2=demo/annotated/vqav2 --images vqav2=demo/annotated/coco/train2014 \
+	--source caption:coco=demo/annotated/coco/annotations/captions_train2014.json --images coco=demo/annotated/coco/train2014 \
+	--source referring:refcoco=demo/annotated/refer/refcoco --source grounded_caption:refcoco=demo/annotated/refer/refcoco \
+	--images refcoco=demo/annotated/coco/train2014 --source grounding:grit=demo/annotated/grit \
+	--source referring:vg=demo/annotated/vg --source grounded_caption:vg=demo/annotated/vg \
+	--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source ocr:pdf=demo/annotated/pdf --source ocr:html=demo/annotated/html \
+	--source ocr:jsonl=demo/annotated/ocr-synth/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
+
 # The demo's CLIP model has random weights (no download): its scores mean nothing, so the demo keeps the
 # top 90% of each source by score (quantile mode) instead of LAION's absolute 0.28, which is for real weights.
 demo: $(STAMP)
@@ -33,21 +43,18 @@ demo: $(STAMP)
 		--config demo/stage1.toml --clip-model local-dir:demo/clip-random
 	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
 	$(PY) beam_runner.py make-stage2-sample --output demo/annotated
-	$(PY) beam_runner.py stage2 --output demo/stage2 --source caption:curated=demo/stage1/curated \
-		--source vqa:vqav2=demo/annotated/vqav2 --images vqav2=demo/annotated/coco/train2014 \
-		--source caption:coco=demo/annotated/coco/annotations/captions_train2014.json --images coco=demo/annotated/coco/train2014 \
-		--source referring:refcoco=demo/annotated/refer/refcoco --source grounded_caption:refcoco=demo/annotated/refer/refcoco \
-		--images refcoco=demo/annotated/coco/train2014 --source grounding:grit=demo/annotated/grit \
-		--source referring:vg=demo/annotated/vg --source grounded_caption:vg=demo/annotated/vg \
-		--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source ocr:pdf=demo/annotated/pdf --source ocr:html=demo/annotated/html \
-		--source ocr:jsonl=demo/annotated/ocr-synth/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
+	$(PY) beam_runner.py stage2 --output demo/stage2 $(STAGE2_SOURCES)
 	$(PY) beam_runner.py sft --input demo/annotated/chat/chat.json --output demo/sft
+	$(PY) beam_runner.py stage2 --dialect qwen2-vl --output demo/stage2-qwen2vl $(STAGE2_SOURCES) \
+		--source caption:video=demo/annotated/video/captions.jsonl --source vqa:video=demo/annotated/video/qa.jsonl
+	$(PY) beam_runner.py sft --dialect qwen2-vl --input demo/annotated/chat/messages.jsonl --output demo/sft-qwen2vl
 	$(PY) beam_runner.py inspect demo/stage2/samples --rows 2 --render demo/samples.html --limit 200
 	$(PY) beam_runner.py inspect demo/stage2/samples --rows 0 --task ocr --render demo/ocr.html --limit 60
+	$(PY) beam_runner.py inspect demo/stage2-qwen2vl/samples --rows 2 --render demo/samples-qwen2vl.html --limit 200
 	rm -rf demo/train
 	$(PY) -m model.train --stage 2 --data demo/stage2/packed --preset tiny --output demo/train \
 		--steps 6 --micro-batch 2 --global-batch 4 --lr 1e-3 --warmup-steps 1 --unit-rows 8
-	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); training: demo/train/metrics.jsonl"
+	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/samples-qwen2vl.html (the Qwen2-VL dialect, videos too), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); training: demo/train/metrics.jsonl"
 
 # The released Qwen2-VL code the tests compare against (tests/qwen2vl_reference.py): transformers and
 # qwen-vl-utils in a folder of their own, as transformers 4.57.6 needs a huggingface-hub below 1.0 and the

@@ -56,6 +56,7 @@ class Example:
     key: str  # unique within the source: the stable uid is made from source and key
     lang: str = "en"  # "en" or "zh": picks the prompt's language
     image: str | None = None  # the image file as the data set names it, relative to its image folder
+    video: bool = False  # `image` names a video file (caption and vqa; the qwen2-vl dialect)
     image_bytes: bytes | None = None  # the encoded image, when the input carries it (stage-1 curated)
     width: int | None = None  # the image size in pixels, when the annotations give it
     height: int | None = None

@@ -42,7 +42,7 @@ SEQ_LEN = 2048
 @dataclass
 class Sample:
     """A tokenized sample: ids and a loss mask of the same length, and what goes with its images (refs,
-    bytes: anything), one per `<img>` span, in order. A sample with no image is pure text."""
+    bytes: anything), one per image span, in order. A sample with no image is pure text."""
 
     uid: str
     ids: Sequence[int]
@@ -78,13 +78,13 @@ class _Piece:
     length: int
 
 
-def _pieces(samples: Sequence[Sample], seq_len: int, split_text: bool) -> tuple[list[_Piece], list[Rejected]]:
+def _pieces(samples: Sequence[Sample], seq_len: int, split_text: bool, image_id: int) -> tuple[list[_Piece], list[Rejected]]:
     pieces, rejects = [], []
     for s in samples:
         n = len(s.ids)
         if len(s.mask) != n:
             raise ValueError(f"sample {s.uid}: {n} ids but {len(s.mask)} mask values")
-        n_images = s.ids.count(IMG_ID) if isinstance(s.ids, list) else int(np.count_nonzero(np.asarray(s.ids) == IMG_ID))
+        n_images = s.ids.count(image_id) if isinstance(s.ids, list) else int(np.count_nonzero(np.asarray(s.ids) == image_id))
         if n_images != len(s.images):
             raise ValueError(f"sample {s.uid}: {n_images} <img> spans but {len(s.images)} images")
         if n == 0:
@@ -194,11 +194,12 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return [sorted(b) for b in bins]
 
 
-def pack(samples: Sequence[Sample], seq_len: int = SEQ_LEN, split_text: bool = True, binner=fill_bins) -> tuple[list[Packed], list[Rejected]]:
+def pack(samples: Sequence[Sample], seq_len: int = SEQ_LEN, split_text: bool = True, binner=fill_bins, image_id: int = IMG_ID) -> tuple[list[Packed], list[Rejected]]:
     """`samples` packed into sequences of exactly `seq_len` tokens; the ones that cannot be, rejected.
     split_text=False rejects a long pure-text sample too (a text-only conversation, say) instead of
-    cutting it. `binner` (fill_bins, best_fit_decreasing, next_fit) is there for comparisons."""
-    pieces, rejects = _pieces(samples, seq_len, split_text)
+    cutting it. `binner` (fill_bins, best_fit_decreasing, next_fit) is there for comparisons. `image_id`
+    starts an image span (Qwen-VL's <img>; Qwen2-VL's <|vision_start|>, images and videos alike)."""
+    pieces, rejects = _pieces(samples, seq_len, split_text, image_id)
     bins = binner([p.length for p in pieces], seq_len)
     arange = np.arange(seq_len, dtype=np.int32)
     return [_sequence([pieces[i] for i in b], seq_len, arange) for b in bins], rejects

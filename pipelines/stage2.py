@@ -3,6 +3,7 @@
     python beam_runner.py stage2 --source caption:curated=stage1/curated --source vqa:vqav2=/data/vqav2 \\
         --images vqav2=/data/coco/train2014 --output stage2/ [--seq-len 2048] [--tokenizer qwen.tiktoken]
     python beam_runner.py sft --input chat.json --output sft/ [--images DIR] [--seq-len 2048]
+    ... [--dialect qwen2-vl] [--min-pixels N] [--max-pixels N] [--video-fps 2] [--video-max-tokens 16384]
 
 The graph: each --source is read by its converter (formats/sources/), one DoFn per source, spread over
 the workers; each example's image is read from its image folder (bytes as stored, size from the
@@ -11,6 +12,15 @@ rendered (formats/templates.py; sft: formats/chatml.py) and tokenized (formats/t
 samples/. Samples go to the packer (formats/packing.py) in groups of one task and a bucket of uids,
 about --pack-group each -> packed/. Whatever cannot become a sample, and a sample that cannot be
 packed, is a rejected row with its reason, counted in the report; nothing is dropped silently.
+
+Dialects (formats/dialects.py): `--dialect qwen-vl` (the default) writes Qwen-VL's tokens, each image
+258 positions (the trainer resizes it to 448x448). `--dialect qwen2-vl` writes Qwen2-VL's: each image
+keeps its resolution, resized by smart_resize into [--min-pixels, --max-pixels] (formats/
+dynamic_resolution.py; an aspect ratio above 200 is a reject), and takes (h/28)*(w/28) pads; a video
+(the `video` format, or `<video>` in a chat) is sampled at --video-fps and its frames resized so it takes at
+most --video-max-tokens pads (formats/video.py; a video that cannot be read is a reject). The sizes,
+grids and M-RoPE position ids (formats/mrope.py) are stored in samples/ and packed/ (formats/schemas.py),
+so a trainer needs no second guess. Boxes stay on the same [0, 1000) grid of the original image.
 
 Packing groups: a task of N samples gets round(N / --pack-group) buckets (the counts per task, a few
 numbers, are the one side input), and a sample goes to the bucket its uid hashes to, so groups are
@@ -36,14 +46,18 @@ from cli.usage import ArgumentParser, UsageError
 from formats import schemas
 from formats.boxes import normalize_example
 from formats.chatml import render as render_chat
+from formats.dialects import DIALECTS, get_dialect
+from formats.dynamic_resolution import FPS, MAX_PIXELS, MIN_PIXELS, image_grid, image_tokens, smart_resize
 from formats.example import TEXT, Example, Invalid
 from formats.files import exists, has_glob, is_dir, join, match, open_file
 from formats.ids import sample_uid, sequence_uid
+from formats.mrope import mrope_positions
 from formats.packing import SEQ_LEN, Sample, pack
-from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_MISSING, IMAGE_UNREADABLE
+from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_ASPECT_RATIO, IMAGE_MISSING, IMAGE_UNREADABLE, MALFORMED, VIDEO_UNSUPPORTED
 from formats.sources import CONVERTERS, PER_FILE, convert
 from formats.templates import check, render
 from formats.tokenizer import ImageTagError, QwenTokenizer, VocabularyError
+from formats.video import MAX_TOKENS as VIDEO_MAX_TOKENS, VideoError, read_video
 from pipelines.runner import pipeline_options
 from pipelines.spread import Spread
 from pipelines.sink import REJECTED, GroupByUid, clear_outputs, group_file, write_rows
@@ -71,17 +85,24 @@ def reject_row(task: str, item: Invalid) -> dict:
     return {"uid": uid, "task": task, "source": item.source, "key": item.key, "reason": item.reason, "detail": item.detail}
 
 
+def read_media_bytes(example: Example, folder: str) -> bytes | Invalid:
+    """The bytes of the example's image (or video): its own, or its file under `folder`."""
+    if example.image_bytes is not None:
+        return example.image_bytes
+    path = join(folder, example.image)
+    try:
+        with open_file(path, compression=None) as f:
+            return f.read()
+    except OSError as e:
+        return Invalid(example.source, example.key, IMAGE_MISSING, f"{path}: {type(e).__name__}")
+
+
 def read_image(example: Example, images: str) -> tuple[bytes, int, int] | Invalid:
     """(bytes, width, height) of the example's image: its own bytes or the file under `images`; the size
     from the annotations where they give it (their boxes are in that size), else from the header."""
-    data = example.image_bytes
-    if data is None:
-        path = join(images, example.image)
-        try:
-            with open_file(path, compression=None) as f:
-                data = f.read()
-        except OSError as e:
-            return Invalid(example.source, example.key, IMAGE_MISSING, f"{path}: {type(e).__name__}")
+    data = read_media_bytes(example, images)
+    if isinstance(data, Invalid):
+        return data
     width, height = example.width, example.height
     if not (width and height):
         try:
@@ -92,43 +113,92 @@ def read_image(example: Example, images: str) -> tuple[bytes, int, int] | Invali
     return data, width, height
 
 
-class MakeSamples(beam.DoFn):
-    """Examples (or a converter's Invalids) -> sample rows; rejects tagged. The tokenizer loads once per
-    worker."""
+class Media(NamedTuple):
+    """One image or video of a sample, as the row stores it: `data` is an image's bytes or a video's
+    frames; `size` (height, width after resizing) and `grid` are None in Qwen-VL, whose images are fixed."""
 
-    def __init__(self, tokenizer_path: str | None):
+    ref: str
+    video: bool
+    data: bytes | list[bytes]
+    slots: int  # its pad tokens
+    size: tuple[int, int] | None = None
+    grid: tuple[int, int, int] | None = None
+    original: tuple[int, int] | None = None  # an image's (width, height) as read: its boxes' frame
+
+
+class MakeSamples(beam.DoFn):
+    """Examples (or a converter's Invalids) -> sample rows in the settings' dialect; rejects tagged. The
+    tokenizer loads once per worker."""
+
+    def __init__(self, tokenizer_path: str | None, settings: dict):
         self.tokenizer_path = tokenizer_path
+        self.settings = settings
 
     def setup(self):
-        self.tokenizer = QwenTokenizer(self.tokenizer_path)
+        self.dialect = get_dialect(self.settings["dialect"])
+        self.tokenizer = QwenTokenizer(self.tokenizer_path, self.dialect)
 
     def process(self, item, source: Source):
         if isinstance(item, Invalid):
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, item))
             return
-        images = []
+        media = []
         if item.task != TEXT:
-            found = read_image(item, source.images)
+            found = self.read_media(item, source.images)
             if isinstance(found, Invalid):
                 yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, found))
                 return
-            data, width, height = found
-            item = normalize_example(item, width, height)
-            images = [data]
+            media = [found]
+            if not item.video:
+                item = normalize_example(item, *found.original)
         problem = item if isinstance(item, Invalid) else check(item)
         if problem:
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, problem))
             return
-        yield from self.sample(source.task, item.source, item.key, render(item), images)
+        yield from self.sample(source.task, item.source, item.key, render(item, self.dialect), media)
 
-    def sample(self, task: str, source: str, key: str, segments, images: list[bytes]):
+    def read_media(self, example: Example, folder: str) -> Media | Invalid:
+        """The example's image (or video) with its pad count in the dialect."""
+        ref = example.image or example.key
+        if example.video:
+            return self.read_video(example, folder, ref)
+        found = read_image(example, folder)
+        if isinstance(found, Invalid):
+            return found
+        data, width, height = found
+        if self.dialect.image_slots is not None:
+            return Media(ref, False, data, self.dialect.image_slots, original=(width, height))
         try:
-            encoded = self.tokenizer.encode_segments(segments)
+            size = smart_resize(height, width, min_pixels=self.settings["min_pixels"], max_pixels=self.settings["max_pixels"])
+        except ValueError as e:
+            return Invalid(example.source, example.key, IMAGE_ASPECT_RATIO, str(e))
+        grid = image_grid(*size)
+        return Media(ref, False, data, image_tokens(grid), size, grid, (width, height))
+
+    def read_video(self, example: Example, folder: str, ref: str) -> Media | Invalid:
+        if self.dialect.video_pad is None:
+            return Invalid(example.source, example.key, VIDEO_UNSUPPORTED, f"{self.dialect.name} has no video tokens")
+        data = read_media_bytes(example, folder)
+        if isinstance(data, Invalid):
+            return data
+        try:
+            video = read_video(data, fps=self.settings["video_fps"], min_pixels=self.settings["min_pixels"],
+                               max_tokens=self.settings["video_max_tokens"])
+        except VideoError as e:
+            return Invalid(example.source, example.key, e.reason, e.detail)
+        return Media(ref, True, video.frames, video.tokens, video.size, video.grid)
+
+    def sample(self, task: str, source: str, key: str, segments, media: list[Media]):
+        fixed = self.dialect.image_slots is not None
+        try:
+            encoded = self.tokenizer.encode_segments(segments, None if fixed else [(m.slots, m.video) for m in media])
         except ImageTagError as e:
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(task, Invalid(source, key, BAD_IMAGE_TAG, str(e))))
             return
         Metrics.counter("stage2", f"samples_{task}").inc()
-        yield {
+        images = [m for m in media if not m.video]
+        videos = [m for m in media if m.video]
+        row = {
             "uid": sample_uid(task, source, key),
             "task": task,
             "source": source,
@@ -136,47 +206,69 @@ class MakeSamples(beam.DoFn):
             "text": "".join(text for text, _ in segments),
             "input_ids": encoded.ids,
             "loss_mask": encoded.mask,
-            "images": images,
-            "image_refs": encoded.images,
+            "images": [m.data for m in images],
+            "image_refs": [m.ref for m in images],
+            "dialect": self.dialect.name,
         }
+        if not fixed:
+            image_grids, video_grids = [list(m.grid) for m in images], [list(m.grid) for m in videos]
+            row.update({
+                "image_sizes": [list(m.size) for m in images],
+                "image_grid_thw": image_grids,
+                "videos": [m.data for m in videos],
+                "video_grid_thw": video_grids,
+                "video_refs": [m.ref for m in videos],
+                "mrope_position_ids": mrope_positions(encoded.ids, image_grids, video_grids).tolist(),
+            })
+        yield row
 
 
 class MakeChatSamples(MakeSamples):
-    """Fine-tuning records -> sample rows: ChatML segments, images read from the image folder in order."""
+    """Fine-tuning records -> sample rows: ChatML segments, images and videos read from the image folder in order."""
 
     def process(self, item, source: Source):
         index, record = item
-        if isinstance(record, Invalid):  # the file itself could not be read
+        if isinstance(record, Invalid):  # the file (or this line of it) could not be read
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, record))
             return
-        chat = render_chat(record, source.format, fallback_key=f"{os.path.basename(source.path)}:{index}")
+        chat = render_chat(record, source.format, fallback_key=f"{os.path.basename(source.path)}:{index}", dialect=self.dialect)
         if isinstance(chat, Invalid):
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, chat))
             return
-        images = []
-        for path in chat.images:
-            found = read_image(Example(CHAT, source.format, chat.key, image=path, width=1, height=1), source.images)
+        media = []
+        size = 1 if self.dialect.image_slots is not None else None  # Qwen-VL needs no image's size here
+        for i, path in enumerate(chat.images):
+            example = Example(CHAT, source.format, chat.key, image=path, video=i in chat.video_indices, width=size, height=size)
+            found = self.read_media(example, source.images)
             if isinstance(found, Invalid):
                 yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, found))
                 return
-            images.append(found[0])
-        yield from self.sample(CHAT, source.format, chat.key, chat.segments, images)
+            media.append(found)
+        yield from self.sample(CHAT, source.format, chat.key, chat.segments, media)
 
 
-def pack_group(group: tuple, seq_len: int, output: str):
+def pack_group(group: tuple, seq_len: int, output: str, dialect_name: str = "qwen-vl"):
     """One (name, index, groups) group of sample rows, sorted by uid -> its files samples/NAME-*,
     packed/NAME-* and, when a sample cannot be packed, rejected/packing-NAME-* (sink.group_file); yields
-    each sequence's counts and each reject (tagged), for the report."""
+    each sequence's counts and each reject (tagged), for the report. A packed row's images, videos and
+    grids are its documents', in order; Qwen2-VL rows get their M-RoPE ids, restarting per document."""
     (name, index, groups), rows = group
+    dialect = get_dialect(dialect_name)
+    image_start = dialect.special_ids()[dialect.image]
     by_uid = {row["uid"]: row for row in rows}
-    samples = [Sample(row["uid"], row["input_ids"], row["loss_mask"], row["images"]) for row in rows]
+    samples = [Sample(row["uid"], row["input_ids"], row["loss_mask"], row["images"] + (row.get("videos") or [])) for row in rows]
     # a sample without images is cut into seq_len pieces: pure text, the one stage-2 task without images;
     # a conversation is never cut (a long one is rejected)
-    sequences, rejects = pack(samples, seq_len, split_text=name != CHAT)
+    sequences, rejects = pack(samples, seq_len, split_text=name != CHAT, image_id=image_start)
     packed = []
     for s in sequences:
-        sources = [by_uid[uid]["source"] for uid in s.uids]
-        packed.append({
+        docs = [by_uid[uid] for uid in s.uids]
+        sources = [doc["source"] for doc in docs]
+
+        def joined(column):
+            return [value for doc in docs for value in (doc.get(column) or [])]
+
+        row = {
             "uid": sequence_uid(s.uids, s.starts),
             "task": name,
             "source": sources[0] if len(set(sources)) == 1 else None,
@@ -184,10 +276,17 @@ def pack_group(group: tuple, seq_len: int, output: str):
             "loss_mask": s.mask.tolist(),
             "doc_ids": s.doc.tolist(),
             "position_ids": s.pos.tolist(),
-            "images": s.images,
+            "images": joined("images"),
             "sample_uids": s.uids,
             "sources": sources,
-        })
+            "dialect": dialect.name,
+        }
+        if dialect.image_slots is None:
+            columns = ("image_sizes", "image_grid_thw", "videos", "video_grid_thw")
+            row.update({column: joined(column) for column in columns})
+            doc_starts = [0, *(i for i in range(1, seq_len) if s.doc[i] != s.doc[i - 1])]
+            row["mrope_position_ids"] = mrope_positions(s.ids, row["image_grid_thw"], row["video_grid_thw"], doc_starts).tolist()
+        packed.append(row)
     rejected = [{**{k: by_uid[r.uid][k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail} for r in rejects]
     write_rows(group_file(FileSystems.join(output, "samples"), name, index, groups), rows, schemas.SAMPLES)
     write_rows(group_file(FileSystems.join(output, "packed"), name, index, groups), packed, schemas.PACKED)
@@ -273,7 +372,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
             | f"Spread[{label}]" >> Spread()
         )
         vocabulary = None if settings["tokenizer_from_package"] else settings["tokenizer"]  # a worker's own wheel
-        make = MakeChatSamples(vocabulary) if chat else MakeSamples(vocabulary)
+        make = MakeChatSamples(vocabulary, settings) if chat else MakeSamples(vocabulary, settings)
         made = read | f"Samples[{label}]" >> beam.ParDo(make, source).with_outputs(REJECTED, main="samples")
         branches.append(made)
     samples = [b.samples for b in branches] | "AllSamples" >> beam.Flatten()
@@ -282,7 +381,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
     packed = (
         samples
         | "PackingGroups" >> GroupByUid(lambda row: MIXED if mixed else row["task"], group)
-        | "Pack" >> beam.FlatMap(pack_group, seq_len, output).with_outputs(REJECTED, main="counts")
+        | "Pack" >> beam.FlatMap(pack_group, seq_len, output, settings["dialect"]).with_outputs(REJECTED, main="counts")
     )
     rejected | "RejectGroups" >> GroupByUid(lambda row: row["task"], PACK_GROUP) | "WriteRejects" >> beam.Map(write_rejects, output)
 
@@ -311,15 +410,28 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
 
 
 def read_chat(path: str, source: Source):
-    """The records of a fine-tuning JSON list, as (index, record); a file that is not one -> an Invalid."""
+    """The records of a fine-tuning file, as (index, record): a JSON list, or JSON Lines (.jsonl, one
+    record a line, as ms-swift reads them). A file that cannot be read -> one Invalid; a line that is not
+    JSON -> an Invalid for that line (key FILE:LINE), and the rest are read."""
+    name = os.path.basename(path)
     try:
         with open_file(path, compression=None) as f:
-            records = json.loads(f.read())
+            data = f.read().decode("utf-8")
+        if path.endswith(".jsonl"):
+            return [(number, _json_line(line, source, f"{name}:{number}")) for number, line in enumerate(data.splitlines(), 1) if line.strip()]
+        records = json.loads(data)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return [(0, Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
     if not isinstance(records, list):
         return [(0, Invalid(source.format, path, FILE_UNREADABLE, "not a JSON list of records"))]
     return list(enumerate(records))
+
+
+def _json_line(line: str, source: Source, where: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        return Invalid(source.format, where, MALFORMED, f"not JSON ({e})")
 
 
 def _parse_source(spec: str, images: dict[str, str]) -> Source:
@@ -370,6 +482,11 @@ def _common_options(parser) -> None:
     parser.add_argument("--pack-group", type=int, default=PACK_GROUP, help=f"samples per packing group (default {PACK_GROUP})")
     parser.add_argument("--tokenizer", help="a qwen.tiktoken file (default: the one the dashscope wheel ships)")
     parser.add_argument("--mix-tasks", action="store_true", help="pack samples of all tasks together (fuller sequences; the paper packs one task per sequence)")
+    parser.add_argument("--dialect", default="qwen-vl", choices=list(DIALECTS), help="the model's tokens and image spans (default qwen-vl)")
+    parser.add_argument("--min-pixels", type=int, default=MIN_PIXELS, help=f"qwen2-vl: an image's least area after resizing, px (default {MIN_PIXELS})")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"qwen2-vl: an image's largest area after resizing, px (default {MAX_PIXELS})")
+    parser.add_argument("--video-fps", type=float, default=FPS, help=f"qwen2-vl: video frames sampled per second (default {FPS:g})")
+    parser.add_argument("--video-max-tokens", type=int, default=VIDEO_MAX_TOKENS, help=f"qwen2-vl: a video's most pad tokens (default {VIDEO_MAX_TOKENS})")
 
 
 def prepare(argv: list[str], chat: bool):
@@ -379,7 +496,7 @@ def prepare(argv: list[str], chat: bool):
                             epilog="Any other option is a Beam pipeline option and goes to Beam as it is (e.g. --runner DataflowRunner ...); "
                                    "a misspelt one is an error before the run.")
     if chat:
-        parser.add_argument("--input", required=True, help="a fine-tuning JSON list: id, conversations of from/value")
+        parser.add_argument("--input", required=True, help="a fine-tuning JSON list (or .jsonl): id, conversations of from/value, or messages of role/content with images/videos")
         parser.add_argument("--images", help="the folder image paths are relative to (default: the input's folder)")
     else:
         parser.add_argument("--source", action="append", required=True, metavar="TASK:FORMAT=PATH", help="a data set's annotations (repeatable)")
@@ -391,6 +508,10 @@ def prepare(argv: list[str], chat: bool):
         raise UsageError(f"--seq-len must be >= 16, not {args.seq_len}")
     if args.pack_group < 1:
         raise UsageError(f"--pack-group must be >= 1, not {args.pack_group}")
+    if not 0 < args.min_pixels <= args.max_pixels:
+        raise UsageError(f"--min-pixels {args.min_pixels} and --max-pixels {args.max_pixels}: need 0 < min <= max")
+    if args.video_fps <= 0 or args.video_max_tokens < 1:
+        raise UsageError(f"--video-fps {args.video_fps:g} and --video-max-tokens {args.video_max_tokens}: both must be positive")
     try:
         tokenizer = QwenTokenizer(args.tokenizer)
     except VocabularyError as e:
@@ -411,7 +532,10 @@ def prepare(argv: list[str], chat: bool):
         "mix_tasks": args.mix_tasks,
         "tokenizer": str(tokenizer.path),
         "tokenizer_from_package": args.tokenizer is None,
+        "dialect": args.dialect,
     }
+    if args.dialect != "qwen-vl":
+        settings.update(min_pixels=args.min_pixels, max_pixels=args.max_pixels, video_fps=args.video_fps, video_max_tokens=args.video_max_tokens)
     return sources, args.output, settings, options
 
 

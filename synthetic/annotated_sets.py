@@ -16,6 +16,8 @@ with images rendered here, so that `beam_runner.py stage2` (and `sft`) run every
     ocr-synth/pages.jsonl, ocr-synth/images/      synthetic document pages (synthetic/documents.py) from the text set
     text/docs.jsonl                               pure text, some documents longer than 2048 tokens
     chat/chat.json, chat/images/NNN.jpg           the public fine-tuning list (formats/chatml.py), 1-3 turns
+    chat/messages.jsonl, chat/videos/clip.mp4     the same in the messages layout, and two about a video (qwen2-vl)
+    video/captions.jsonl, video/qa.jsonl, video/clips/   video captions and QA (formats/sources/video.py; qwen2-vl)
     stage2_sample.json                            what to pass to stage2 and sft, and what each set must give
 
 Each data set's fields are those its converter reads (formats/sources/*.py, whose docstrings cite the
@@ -53,6 +55,7 @@ import math
 import os
 import pickle
 import random
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -61,10 +64,10 @@ import pymupdf
 from PIL import Image, ImageDraw, ImageFont
 
 from formats.boxes import normalize_box
-from formats.reasons import (BOX_OUTSIDE_IMAGE, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, FILE_UNREADABLE, IMAGE_MISSING, MALFORMED,
-                             NO_REGIONS, PAGE_TOO_FEW_CHARS, TEXT_SPECIAL_TOKEN)
+from formats.reasons import (BOX_OUTSIDE_IMAGE, CHAT_MEDIA_COUNT, CHAT_TURN_ORDER, CHAT_UNKNOWN_ROLE, DOWNLOAD_FAILED, FILE_UNREADABLE, IMAGE_MISSING, MALFORMED, NO_REGIONS, PAGE_TOO_FEW_CHARS, TEXT_SPECIAL_TOKEN, VIDEO_UNREADABLE)
 from formats import schemas
 from synthetic.ocr_sample import make_ocr_sample
+from synthetic.videos import write_video
 
 CONVERTER, STAGE2 = "converter", "stage2"  # where a planted record is caught
 MANIFEST = "stage2_sample.json"
@@ -887,7 +890,81 @@ def make_chat(output: str, seed: int, n: int) -> dict:
     path = os.path.join(folder, "chat.json")
     write_json(path, records, indent=2)
     # sft has no converter: formats/chatml.render refuses a record, so every planted one is caught at stage 2
-    return {"input": path, "images": folder, "records": n, "examples": n, "samples": n - len(bad), "planted": bad, "images_on_disk": count}
+    return {"input": path, "images": folder, "records": n, "examples": n, "samples": n - len(bad), "planted": bad, "images_on_disk": count,
+            "messages": make_messages(folder, seed, records, bad)}
+
+
+_IMAGE_TAG = re.compile(r"(?:Picture \d+: ?)?<img>([^<>\n]+)</img>\n?")
+
+
+def as_messages(record: dict) -> dict:
+    """A record of the conversations layout in the messages layout (LLaMA-Factory, ms-swift): each image
+    tag, with its picture number and newline, as an `<image>` placeholder, the paths in "images"."""
+    images = [path for turn in record["conversations"] for path in _IMAGE_TAG.findall(turn["value"])]
+    messages = [{"role": turn["from"], "content": _IMAGE_TAG.sub("<image>", turn["value"])} for turn in record["conversations"]]
+    return {"id": record["id"], "messages": messages, "images": images}
+
+
+def make_messages(folder: str, seed: int, records: list[dict], bad: list[dict]) -> dict:
+    """chat/messages.jsonl: the same conversations in the messages layout, then two about a video
+    (chat/videos/), one planted record whose placeholders and images differ in number, and one whose
+    video is not there. For the qwen2-vl dialect (the qwen-vl one has no video)."""
+    rng = _rng(seed, "messages")
+    write_video(os.path.join(folder, "videos", "clip.mp4"), seconds=3, fps=10, width=224, height=160, seed=seed)
+    lines = [as_messages(r) for r in records]
+    video_turns = [("<video>What happens in this clip?", "A coloured pattern moves across the frame."),
+                   ("<video>How long is this clip?", "About three seconds.")]
+    for i, (question, answer) in enumerate(video_turns):
+        lines.append({"id": f"video_{i}", "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                      "videos": ["videos/clip.mp4"]})
+    more = [planted("video_missing", IMAGE_MISSING, STAGE2, "a conversation about videos/gone.mp4, which is not there"),
+            planted("count_mismatch", CHAT_MEDIA_COUNT, STAGE2, "two <image> placeholders and one image")]
+    lines.append({"id": "video_missing", "messages": [{"role": "user", "content": "<video>What is this?"}, {"role": "assistant", "content": "A clip."}],
+                  "videos": ["videos/gone.mp4"]})
+    picture = rng.choice([path for line in lines for path in line.get("images", [])])
+    lines.append({"id": "count_mismatch", "messages": [{"role": "user", "content": "<image><image>Compare."}, {"role": "assistant", "content": "Same."}],
+                  "images": [picture]})
+    path = os.path.join(folder, "messages.jsonl")
+    write_jsonl(path, [json.dumps(line, ensure_ascii=False) for line in lines])
+    planted_all = [*bad, *more]
+    return {"input": path, "images": folder, "records": len(lines), "examples": len(lines), "samples": len(lines) - len(planted_all), "planted": planted_all}
+
+
+# --- videos: captions and questions --------------------------------------------------------------
+
+
+def make_videos(output: str, seed: int, n: int) -> dict[str, dict]:
+    """video/clips/clip-N.mp4 (2-4 s at 10 fps, sizes that differ), video/captions.jsonl and video/qa.jsonl
+    (formats/sources/video.py), for the qwen2-vl dialect. Planted: a clip that is not a video, a clip that
+    is not there, a caption line that is not JSON, a question without its answer."""
+    rng = _rng(seed, "video")
+    folder = os.path.join(output, "video")
+    clips = []
+    for i in range(n):
+        seconds, (width, height) = rng.choice((2, 3, 4)), rng.choice(((160, 120), (224, 128), (128, 176)))
+        name = f"clips/clip-{i}.mp4"
+        write_video(os.path.join(folder, name), seconds=seconds, fps=10, width=width, height=height, seed=seed + i)
+        clips.append((name, seconds, width, height))
+    write_bytes(os.path.join(folder, "clips", "broken.mp4"), rng.randbytes(4096))
+    captions, questions, caption_bad, qa_bad = [], [], [], []
+    for i, (name, seconds, width, height) in enumerate(clips):
+        captions.append({"id": f"c{i}", "video": name, "caption": f"A {seconds}-second clip of a coloured pattern moving, {width} by {height} pixels."})
+        questions.append({"id": f"q{i}", "video": name, "question": "How long is the clip?", "answer": f"{seconds} seconds."})
+    captions.append({"id": "broken", "video": "clips/broken.mp4", "caption": "Not a video at all."})
+    caption_bad.append(planted("broken", VIDEO_UNREADABLE, STAGE2, "clips/broken.mp4 holds random bytes"))
+    captions.append({"id": "gone", "video": "clips/gone.mp4", "caption": "A clip that was never written."})
+    caption_bad.append(planted("gone", IMAGE_MISSING, STAGE2, "clips/gone.mp4 is not there"))
+    lines = [json.dumps(c) for c in captions]
+    lines.append(lines[0][: len(lines[0]) // 2])
+    caption_bad.append(planted(f"captions.jsonl:{len(lines)}", MALFORMED, CONVERTER, "a line cut off in the middle (not JSON)"))
+    write_jsonl(os.path.join(folder, "captions.jsonl"), lines)
+    questions.append({"id": "no_answer", "video": clips[0][0], "question": "What is it?"})
+    qa_bad.append(planted(f"qa.jsonl:{len(questions)}", MALFORMED, CONVERTER, "a question without its answer"))
+    write_jsonl(os.path.join(folder, "qa.jsonl"), [json.dumps(q) for q in questions])
+    return {
+        "caption:video": summary(f"caption:video={os.path.join(folder, 'captions.jsonl')}", None, len(lines), caption_bad),
+        "vqa:video": summary(f"vqa:video={os.path.join(folder, 'qa.jsonl')}", None, len(questions), qa_bad),
+    }
 
 
 # --- all of it -----------------------------------------------------------------------------------
@@ -925,12 +1002,20 @@ def make_stage2_sample(output: str, seed: int = 0, per_set: int = 40) -> dict:
             seen.add(entry["images"])
             args += ["--images", entry["images"]]
     chat = make_chat(output, seed, per_set)
+    messages = chat.pop("messages")
+    videos = make_videos(output, seed, 3)
     manifest = {
         "seed": seed,
         "per_set": per_set,
         "stage2_args": args,
         "sft_args": ["--input", chat["input"], "--images", chat["images"]],
         "sets": {**sets, "sft": chat},
+        # the qwen2-vl dialect's extras: the video sets (stage2_args plus these), and the conversations in
+        # the messages layout with two about a video
+        "video_args": [arg for entry in videos.values() for arg in ("--source", entry["source"])],
+        "video_sets": videos,
+        "sft_messages_args": ["--input", messages["input"], "--images", messages["images"]],
+        "sft_messages": messages,
     }
     write_json(os.path.join(output, MANIFEST), manifest, indent=2)
     return manifest

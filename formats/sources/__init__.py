@@ -9,7 +9,7 @@ take the data set's annotation file or folder as published.
 from collections.abc import Callable, Iterator
 
 from formats.example import CAPTION, GROUNDED_CAPTION, GROUNDING, OCR, REFERRING, TEXT, VQA
-from formats.sources import captions, grounding, html_pages, ocr, pdf, refer, text, visual_genome, vqa
+from formats.sources import captions, grounding, html_pages, ocr, pdf, refer, text, video, visual_genome, vqa
 
 # (task, format) -> converter(path)
 CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
@@ -29,6 +29,8 @@ CONVERTERS: dict[tuple[str, str], Callable[[str], Iterator]] = {
     (OCR, "pdf"): pdf.read_pdf,
     (OCR, "html"): html_pages.read_html,
     (TEXT, "text"): text.read_text,
+    (CAPTION, "video"): lambda path: video.read_video_manifest(path, CAPTION),
+    (VQA, "video"): lambda path: video.read_video_manifest(path, VQA),
 }
 for _task in (REFERRING, GROUNDED_CAPTION):
     CONVERTERS[(_task, "grit")] = lambda path, task=_task: grounding.read_grit(path, task)
@@ -37,7 +39,7 @@ for _task in (REFERRING, GROUNDED_CAPTION):
         CONVERTERS[(_task, _name)] = lambda path, task=_task: refer.read_refcoco(path, task)
 
 # Formats whose converter reads one file at a time: a folder or glob of them is split into files.
-PER_FILE = {"grit": ("*.parquet", "*.tar", "*.jsonl"), "jsonl": ("*.jsonl",), "pdf": ("*.pdf",), "html": ("*.html", "*.htm", "*.warc", "*.warc.gz"), "text": ("*.txt", "*.jsonl"), "curated": ("*.parquet",)}
+PER_FILE = {"grit": ("*.parquet", "*.tar", "*.jsonl"), "jsonl": ("*.jsonl",), "pdf": ("*.pdf",), "html": ("*.html", "*.htm", "*.warc", "*.warc.gz"), "text": ("*.txt", "*.jsonl"), "curated": ("*.parquet",), "video": ("*.jsonl",)}
 
 
 def convert(task: str, format: str, path: str) -> Iterator:
