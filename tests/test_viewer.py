@@ -1,5 +1,6 @@
 """Tests of viewer/ (describe.py, contact_sheet.py) and formats/markup.py: `describe`'s exact lines, the HTML contact sheet, and the one-line errors; for
-stage-2 samples and packed rows, the decoded text with its supervision marked and the regions drawn on the images."""
+stage-2 samples and packed rows of both dialects (and Qwen-VL files of the schema before Qwen2-VL), the decoded text with its supervision marked
+and the regions drawn on the images and on a video's first frame."""
 
 import base64
 import io
@@ -15,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from formats.schemas import CURATED, PACKED, REJECTED, SAMPLES
+from formats.dynamic_resolution import image_grid, image_tokens, smart_resize, video_grid
+from formats.mrope import mrope_positions
+from formats.schemas import CURATED, PACKED, QWEN2_VL_COLUMNS, REJECTED, SAMPLES
 from formats.tokenizer import PAD_ID, QwenTokenizer
 from viewer.contact_sheet import COLOURS, render_html
 from viewer.describe import MAX_DECODED, describe
@@ -622,3 +625,250 @@ def test_render_a_decompression_bomb_without_decoding_it_or_a_warning(tmp_path):
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
     assert "<PNG 12000x12000, 17.6 KB>" in done.stdout
     assert '<div class="thumb none">cannot decode: 12000x12000 px, too large to render</div>' in sheet.read_text()
+
+
+# Qwen2-VL rows (dialect qwen2-vl): spans of varying size, videos; and Qwen-VL files of the schema before them
+
+
+@pytest.fixture(scope="module")
+def tok2() -> QwenTokenizer:
+    return QwenTokenizer(dialect="qwen2-vl")
+
+
+Q2_GROUNDING_PROMPT = "<|vision_start|>bee.png<|vision_end|>Generate the caption in English with grounding:"
+Q2_GROUNDING_TARGET = " A <|object_ref_start|>bee<|object_ref_end|><|box_start|>(125,250),(500,750)<|box_end|><|endoftext|>"
+Q2_VIDEO_PROMPT = "<|vision_start|>clip.mp4<|vision_end|>Where is the ball?"
+Q2_VIDEO_TARGET = "<|object_ref_start|>the ball<|object_ref_end|><|box_start|>(0,0),(500,1000)<|box_end|>"
+Q2_OCR_PROMPT = "<|vision_start|>sign.png<|vision_end|>OCR with grounding:"
+Q2_OCR_TARGET = ("<|object_ref_start|>STOP<|object_ref_end|><|quad_start|>(250,125),(750,125),(750,875),(250,875)"
+                 "<|quad_end|><|endoftext|>")
+# 4 frames of 224x112, at a resized size already: grid (2, 8, 16), 64 tokens. The first is grey, the others white.
+FRAMES = [encode(Image.new("RGB", (224, 112), GREY if i == 0 else (255, 255, 255)), "JPEG") for i in range(4)]
+QWEN2_VL_NAMES = {name for name, _ in QWEN2_VL_COLUMNS} | {"video_refs"}
+
+
+def qwen2_vl_grids(vision: list) -> list[tuple[tuple[int, int], tuple[int, int, int]]]:
+    """(resized (height, width), grid) of each image (bytes) or video (its frames) in span order."""
+    out = []
+    for item in vision:
+        if isinstance(item, bytes):
+            width, height = Image.open(io.BytesIO(item)).size
+            size = smart_resize(height, width)
+            out.append((size, image_grid(*size)))
+        else:
+            width, height = Image.open(io.BytesIO(item[0])).size
+            out.append(((height, width), video_grid(len(item), height, width)))
+    return out
+
+
+def qwen2_vl_row(tok2, uid: str, segments: list[tuple[str, bool]], vision: list, **fields) -> dict:
+    """A Qwen2-VL sample: `vision` holds each span's image (bytes) or video (a list of JPEG frames) in order."""
+    grids = qwen2_vl_grids(vision)
+    is_video = [not isinstance(item, bytes) for item in vision]
+    encoded = tok2.encode_segments(segments, vision=[(image_tokens(g), v) for (_, g), v in zip(grids, is_video)])
+
+    def of(video: bool, values: list) -> list | None:
+        return [x for x, v in zip(values, is_video) if v == video] or (None if video else [])
+
+    image_grids, video_grids = of(False, [list(g) for _, g in grids]), of(True, [list(g) for _, g in grids])
+    row = dict(uid=uid, task="grounding", source="grit", key=f"key-{uid}", text="".join(t for t, _ in segments),
+               input_ids=encoded.ids, loss_mask=encoded.mask, images=of(False, vision), image_refs=of(False, encoded.images),
+               dialect="qwen2-vl", image_sizes=of(False, [list(s) for s, _ in grids]), image_grid_thw=image_grids,
+               videos=of(True, vision), video_grid_thw=video_grids,
+               mrope_position_ids=mrope_positions(encoded.ids, image_grids, video_grids or ()).tolist(),
+               video_refs=of(True, encoded.images))
+    return row | fields
+
+
+def qwen2_vl_packed_row(uid: str, samples: list[dict], seq_len: int) -> dict:
+    """packed_row's fields, with the samples' images, videos, grids and sizes one after another, and M-RoPE
+    ids restarting at each document and at the padding."""
+    row = packed_row(uid, samples, seq_len)
+    starts = [0]
+    for s in samples:
+        starts.append(starts[-1] + len(s["input_ids"]))
+    joined = {name: [x for s in samples for x in s[name] or []] for name in ("image_sizes", "image_grid_thw", "videos", "video_grid_thw")}
+    mrope = mrope_positions(row["input_ids"], joined["image_grid_thw"], joined["video_grid_thw"], doc_starts=starts)
+    return row | joined | dict(dialect="qwen2-vl", mrope_position_ids=mrope.tolist())
+
+
+@pytest.fixture
+def qwen2_vl_samples(tok2, tmp_path) -> tuple[Path, list[dict]]:
+    rows = [
+        qwen2_vl_row(tok2, "q0", [(Q2_GROUNDING_PROMPT, False), (Q2_GROUNDING_TARGET, True)], [PNG_WIDE]),
+        qwen2_vl_row(tok2, "q1", [(Q2_VIDEO_PROMPT, False), (Q2_VIDEO_TARGET, True), (Q2_OCR_PROMPT, False),
+                                  (Q2_OCR_TARGET, True)], [FRAMES, PNG_TALL]),
+    ]
+    return write(tmp_path / "samples.parquet", rows, SAMPLES), rows
+
+
+def test_describe_qwen2_vl_sample_rows(qwen2_vl_samples):
+    path, rows = qwen2_vl_samples
+    text = describe(str(path), rows=2)
+    lines = text.splitlines()
+    legend = lines.index("decoded: the input_ids as text, supervised runs (loss_mask 1) between ⟦ and ⟧, "
+                         "each image as <img>REF</img> from image_refs")
+    assert lines[legend + 1 : legend + 3] == [
+        "qwen2-vl rows: each image or video as <|vision_start|>REF<|vision_end|> from image_refs or video_refs; "
+        "per image its size as stored -> as resized (image_sizes) and its tokens (image_grid_thw), "
+        "per video its frames and tokens (video_grid_thw)", ""]
+    n, supervised = len(rows[0]["input_ids"]), sum(rows[0]["loss_mask"])
+    assert block(text, 0) == [
+        "  uid: q0",
+        "  task: grounding",
+        "  source: grit",
+        "  key: key-q0",
+        "  text: " + Q2_GROUNDING_PROMPT + Q2_GROUNDING_TARGET,
+        f"  input_ids: list of {n}: [151652, 151655, 151655, …]",
+        f"  loss_mask: list of {n}: [0, 0, 0, …]",
+        f"  images: list of 1: [<PNG 768x384, {human_size(len(PNG_WIDE))}>]",
+        "  image_refs: list of 1: [bee.png]",
+        "  dialect: qwen2-vl",
+        "  image_sizes: list of 1: [list of 2: [392, 756]]",
+        "  image_grid_thw: list of 1: [list of 3: [1, 28, 54]]",
+        f"  mrope_position_ids: list of 3: [list of {n}: [0, 1, 1, …], list of {n}: [0, 1, 1, …], list of {n}: [0, 1, 2, …]]",
+        f"  image 0 (bee.png): PNG 768x384, {human_size(len(PNG_WIDE))} -> 756x392, 378 tokens",
+        f"  decoded: {n} tokens, {supervised} supervised",
+        "    " + Q2_GROUNDING_PROMPT + "⟦" + Q2_GROUNDING_TARGET + "⟧",
+    ]
+    frames_size = human_size(sum(map(len, FRAMES)))
+    assert block(text, 1)[7:] == [
+        f"  images: list of 1: [<PNG 384x768, {human_size(len(PNG_TALL))}>]",
+        "  image_refs: list of 1: [sign.png]",
+        "  dialect: qwen2-vl",
+        "  image_sizes: list of 1: [list of 2: [756, 392]]",
+        "  image_grid_thw: list of 1: [list of 3: [1, 54, 28]]",
+        f"  videos: list of 1: [list of 4: [<JPEG 224x112, {human_size(len(FRAMES[0]))}>, "
+        f"<JPEG 224x112, {human_size(len(FRAMES[1]))}>, <JPEG 224x112, {human_size(len(FRAMES[2]))}>, …]]",
+        "  video_grid_thw: list of 1: [list of 3: [2, 8, 16]]",
+        block(text, 1)[14],  # mrope_position_ids
+        "  video_refs: list of 1: [clip.mp4]",
+        f"  video 0 (clip.mp4): 4 frames of JPEG 224x112, {frames_size} -> 64 tokens",  # spans in order: the video first
+        f"  image 0 (sign.png): PNG 384x768, {human_size(len(PNG_TALL))} -> 392x756, 378 tokens",
+        f"  decoded: {len(rows[1]['input_ids'])} tokens, {sum(rows[1]['loss_mask'])} supervised",
+        "    " + Q2_VIDEO_PROMPT + "⟦" + Q2_VIDEO_TARGET + "⟧" + Q2_OCR_PROMPT + "⟦" + Q2_OCR_TARGET + "⟧",
+    ]
+    assert block(text, 1)[14].startswith("  mrope_position_ids: list of 3: [list of ")
+
+
+def test_describe_flags_a_grid_that_is_not_its_span(tok2, tmp_path):
+    row = qwen2_vl_row(tok2, "q0", [(Q2_GROUNDING_PROMPT, False), (Q2_GROUNDING_TARGET, True)], [PNG_WIDE],
+                       images=[PNG_WIDE, PNG_TALL], image_grid_thw=[[1, 28, 56], [1, 54, 28]], image_sizes=[[392, 784], [756, 392]])
+    lines = block(describe(str(write(tmp_path / "s.parquet", [row], SAMPLES))), 0)
+    assert [line for line in lines if line.startswith("  image ")] == [
+        f"  image 0 (bee.png): PNG 768x384, {human_size(len(PNG_WIDE))} -> 784x392, 392 tokens, but its span holds 378",
+        f"  image 1: PNG 384x768, {human_size(len(PNG_TALL))} -> 392x756, 378 tokens, in no span of the ids",
+    ]
+
+
+def test_describe_qwen2_vl_packed_row(tok2, qwen2_vl_samples, tmp_path):
+    _, rows = qwen2_vl_samples
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    path = write(tmp_path / "packed.parquet", [qwen2_vl_packed_row("p0", rows, n0 + n1 + 10)], PACKED)
+    text = describe(str(path))
+    lines = block(text, 0)
+    frames_size = human_size(sum(map(len, FRAMES)))
+    assert [line.split(":")[0] for line in lines[:16]] == [
+        "  uid", "  task", "  source", "  input_ids", "  loss_mask", "  doc_ids", "  position_ids", "  images",
+        "  sample_uids", "  sources", "  dialect", "  image_sizes", "  image_grid_thw", "  videos", "  video_grid_thw",
+        "  mrope_position_ids"]
+    assert lines[16:] == [
+        f"  image 0: PNG 768x384, {human_size(len(PNG_WIDE))} -> 756x392, 378 tokens",
+        f"  video 0: 4 frames of JPEG 224x112, {frames_size} -> 64 tokens",
+        f"  image 1: PNG 384x768, {human_size(len(PNG_TALL))} -> 392x756, 378 tokens",
+        f"  packing: {n0 + n1 + 10:,} tokens, 2 documents, 10 padding, efficiency {100 * (n0 + n1) / (n0 + n1 + 10):.2f}%",
+        f"  document 0: sample q0, {n0} tokens, {sum(rows[0]['loss_mask'])} supervised, 1 image",
+        "    <|vision_start|>images[0]<|vision_end|>Generate the caption in English with grounding:⟦" + Q2_GROUNDING_TARGET + "⟧",
+        f"  document 1: sample q1, {n1} tokens, {sum(rows[1]['loss_mask'])} supervised, 1 image, 1 video",
+        "    <|vision_start|>videos[0]<|vision_end|>Where is the ball?⟦" + Q2_VIDEO_TARGET + "⟧"
+        "<|vision_start|>images[1]<|vision_end|>OCR with grounding:⟦" + Q2_OCR_TARGET + "⟧",
+        "  padding: 10 tokens, 0 supervised",
+    ]
+    assert "qwen2-vl rows: each image or video as <|vision_start|>images[i]<|vision_end|> or videos[i]; " in text
+
+
+def test_render_qwen2_vl_samples_draws_boxes_quads_and_a_videos_first_frame(qwen2_vl_samples, tmp_path):
+    path, _ = qwen2_vl_samples
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out)) == 2
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<div class="doc">') == 2 and page.count("<img") == 3
+    wide, frame, tall = drawn(page)
+    assert (wide.size, frame.size, tall.size) == ((384, 192), (224, 112), (192, 384))
+    # the box (125,250),(500,750) on the bee: x 48..192, y 48..144 of 384x192
+    assert wide.getpixel((49, 96)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert wide.getpixel((120, 96)) == pytest.approx(GREY, abs=8)
+    # the video's first (grey) frame with the ball's box (0,0),(500,1000): x 0..112, y 0..112 of 224x112
+    assert frame.getpixel((111, 56)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert frame.getpixel((56, 56)) == pytest.approx(GREY, abs=8) and frame.getpixel((170, 56)) == pytest.approx(GREY, abs=8)
+    # the quad on the sign, the second region of its sample: x 48..144, y 48..336 of 192x384
+    assert tall.getpixel((49, 200)) == pytest.approx(rgb(COLOURS[1]), abs=24)
+    assert tall.getpixel((96, 200)) == pytest.approx(GREY, abs=8)
+    assert ("&lt;|vision_start|&gt;bee.png&lt;|vision_end|&gt;Generate the caption in English with grounding:<mark> A "
+            "&lt;|object_ref_start|&gt;bee&lt;|object_ref_end|&gt;"
+            f'<b style="color:{COLOURS[0]}">&lt;|box_start|&gt;(125,250),(500,750)&lt;|box_end|&gt;</b>&lt;|endoftext|&gt;</mark>') in page
+    assert ("&lt;|vision_start|&gt;sign.png&lt;|vision_end|&gt;OCR with grounding:<mark>&lt;|object_ref_start|&gt;STOP"
+            f'&lt;|object_ref_end|&gt;<b style="color:{COLOURS[1]}">&lt;|quad_start|&gt;') in page
+    assert (f"<figcaption>bee.png · PNG 768x384, {human_size(len(PNG_WIDE))} -&gt; 756x392, 378 tokens · "
+            "1 region drawn</figcaption>") in page
+    assert (f"<figcaption>clip.mp4 · video, its first frame: 4 frames of JPEG 224x112, {human_size(sum(map(len, FRAMES)))} "
+            "-&gt; 64 tokens · 1 region drawn</figcaption>") in page
+    assert "<figcaption>sign.png · PNG 384x768, " in page and "not drawn" not in page
+
+
+def test_render_qwen2_vl_packed_matches_images_by_their_spans(qwen2_vl_samples, tmp_path):
+    _, rows = qwen2_vl_samples
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    path = write(tmp_path / "packed.parquet", [qwen2_vl_packed_row("p0", rows, n0 + n1 + 10)], PACKED)
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out)) == 1
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<div class="doc">') == 2
+    assert re.findall(r"<figcaption>([^ ]+) · ", page) == ["images[0]", "videos[0]", "images[1]"]
+    wide, frame, tall = drawn(page)
+    assert wide.getpixel((49, 96)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert frame.getpixel((111, 56)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert tall.getpixel((49, 200)) == pytest.approx(rgb(COLOURS[1]), abs=24)
+    assert "&lt;|vision_start|&gt;videos[0]&lt;|vision_end|&gt;Where is the ball?<mark>" in page
+    assert f"{n1} tokens, {sum(rows[1]['loss_mask'])} supervised, 1 image, 1 video</div>" in page
+
+
+def test_a_qwen_vl_row_of_the_new_schema_shows_its_dialect_alone(tok, tmp_path):
+    row = sample_row(tok, "s0", [(GROUNDING_PROMPT, False), (GROUNDING_TARGET, True)], [PNG_WIDE], dialect="qwen-vl")
+    text = describe(str(write(tmp_path / "s.parquet", [row], SAMPLES)))
+    lines = block(text, 0)
+    assert lines[8:11] == ["  image_refs: list of 1: [bee.png]", "  dialect: qwen-vl", f"  decoded: {len(row['input_ids'])} tokens, {sum(row['loss_mask'])} supervised"]
+    assert "qwen2-vl rows" not in text and not any(line.startswith("  image 0") for line in lines)
+
+
+OLD_SAMPLES = pa.schema([field for field in SAMPLES if field.name not in QWEN2_VL_NAMES])
+
+
+def test_a_qwen_vl_file_of_the_schema_before_qwen2_vl(tok, tmp_path):
+    """Files written before the Qwen2-VL columns have no dialect column: their rows read as Qwen-VL."""
+    rows = [sample_row(tok, "s0", [(GROUNDING_PROMPT, False), (GROUNDING_TARGET, True)], [PNG_WIDE])]
+    path = write(tmp_path / "old.parquet", rows, OLD_SAMPLES)
+    assert "dialect" not in pq.read_schema(path).names
+    text = describe(str(path))
+    n, supervised = len(rows[0]["input_ids"]), sum(rows[0]["loss_mask"])
+    assert block(text, 0) == [
+        "  uid: s0",
+        "  task: grounding",
+        "  source: grit",
+        "  key: key-s0",
+        "  text: " + GROUNDING_PROMPT + GROUNDING_TARGET,
+        f"  input_ids: list of {n}: [151857, 151859, 151859, …]",
+        f"  loss_mask: list of {n}: [0, 0, 0, …]",
+        f"  images: list of 1: [<PNG 768x384, {human_size(len(PNG_WIDE))}>]",
+        "  image_refs: list of 1: [bee.png]",
+        f"  decoded: {n} tokens, {supervised} supervised",
+        "    <img>bee.png</img>Generate the caption in English with grounding:"
+        "⟦ A <ref>bee</ref><box>(125,250),(500,750)</box><|endoftext|>⟧",
+    ]
+    out = tmp_path / "sheet.html"
+    assert render_html(str(path), str(out)) == 1
+    page = out.read_text(encoding="utf-8")
+    (wide,) = drawn(page)
+    assert wide.getpixel((49, 96)) == pytest.approx(rgb(COLOURS[0]), abs=24)
+    assert f"<figcaption>bee.png · PNG 768x384, {human_size(len(PNG_WIDE))} · 1 region drawn</figcaption>" in page
+    assert f'<b style="color:{COLOURS[0]}">&lt;box&gt;(125,250),(500,750)&lt;/box&gt;</b>' in page

@@ -9,9 +9,10 @@ once). Which rows: up to `limit` shared between the reasons, tasks or sources, e
 heading, largest first (viewer/sampling.py). Rows are read a batch at a time, and only the thumbnails
 made are kept.
 
-Which image a region is drawn on, and its label, is formats/markup.py's reading of the text: the last
-`<img>` before it, and the `<ref>` phrase written just before it. Coordinates are on Qwen-VL's
-[0, 1000) grid (formats/boxes.py), of the image as stored (no EXIF rotation, as stage 2 measured it):
+Which image a region is drawn on, and its label, is formats/markup.py's reading of the text in either
+dialect: the last image span before it, and the ref phrase written just before it. A video (Qwen2-VL)
+is shown by its first frame, which its regions are drawn on. Coordinates are on the [0, 1000) grid
+both dialects share (formats/boxes.py), of the image as stored (no EXIF rotation, as stage 2 measured it):
 x_px = x / 1000 * width, y_px = y / 1000 * height, drawn on the thumbnail at its own size, each region
 in its own colour (cycling through COLOURS), the same colour as its tag in the text beside it. A region
 with no image before it in its document is listed as not drawn.
@@ -26,8 +27,7 @@ from pathlib import Path
 from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
 
 from formats.markup import TextRegion, text_regions
-from formats.tokenizer import IMG_ID
-from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, packed_documents, efficiency, image_summary, packed_refs, packing, sample_refs, show_value
+from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, Vision, decoded_runs, document_facts, efficiency, image_summary, packed_documents, packing, row_dialect, show_value, span_names, vision_data, vision_facts, visions
 from viewer.sampling import pick, where_label
 
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail
@@ -154,11 +154,13 @@ def _label(draw: ImageDraw.ImageDraw, label: str, anchor: tuple[float, float], c
     draw.text((x + 2 - left, y + 1 - top), text, fill=ink, font=font)
 
 
-def _picture(data: bytes | None, name: str, regions: list[TextRegion]) -> str:
-    """One image of a sample with its regions drawn, and a caption naming it, or a grey box why not."""
+def _picture(row: dict, v: Vision, regions: list[TextRegion]) -> str:
+    """One image of a row (a video: its first frame) with its regions drawn, and a caption naming it, or a
+    grey box saying why not."""
     drawable = [r for r in regions if r.points is not None]
+    data = vision_data(row, v)
     if data is None:
-        body = '<div class="thumb none">no image</div>'
+        body = f'<div class="thumb none">no {"video frames" if v.video else "image"}</div>'
     else:
         try:
             image = _small_rgb(data, ANNOTATED_PX)
@@ -167,9 +169,11 @@ def _picture(data: bytes | None, name: str, regions: list[TextRegion]) -> str:
             body = f'<img src="{_jpeg_uri(image, quality=85, subsampling=0)}" alt="">'
         except DECODE_ERRORS as e:
             body = _cannot_decode(e)
-    about = [html.escape(name)]
-    if data is not None:
-        about.append(html.escape(image_summary(data)))
+    about = [html.escape(v.name)]
+    if v.video:
+        about.append(f"video, its first frame: {html.escape(vision_facts(row, v))}")
+    elif data is not None:
+        about.append(html.escape(vision_facts(row, v)))
     if regions:
         about.append(f"{len(drawable)} region{'s' if len(drawable) != 1 else ''} drawn")
     return f'<figure class="picture">{body}<figcaption>{" · ".join(about)}</figcaption></figure>'
@@ -201,14 +205,13 @@ def _meta(fields: list[tuple[str, str]], plain: str = "") -> str:
     return f'<div class="meta">{" · ".join(shown)}</div>'
 
 
-def _document_card(runs: list[tuple[str, bool]], images: list, names: list[str], meta: str) -> str:
-    """One sample or packed document: its images with their regions drawn, beside its text."""
+def _document_card(runs: list[tuple[str, bool]], row: dict, vs: list[Vision], meta: str) -> str:
+    """One sample or packed document: its images and videos `vs` with their regions drawn, beside its text."""
     text = "".join(t for t, _ in runs)
     regions = text_regions(text)
-    pictures = [_picture(data, name, [r for r in regions if r.image == i])
-                for i, (data, name) in enumerate(zip(images, names))]
+    pictures = [_picture(row, v, [r for r in regions if r.image == i]) for i, v in enumerate(vs)]
     parts = []
-    orphans = [r for r in regions if r.image is None or r.image >= len(images)]
+    orphans = [r for r in regions if r.image is None or r.image >= len(vs)]
     unparsed = [r for r in regions if r.points is None]
     parts.append(meta)
     parts.append(f'<pre class="decoded">{_text_html(runs, regions)}</pre>')
@@ -225,34 +228,27 @@ def _document_card(runs: list[tuple[str, bool]], images: list, names: list[str],
 
 def _sample_card(row: dict) -> str:
     ids, mask = row.get("input_ids") or [], row.get("loss_mask") or []
-    images = list(row.get("images") or [])
-    refs = sample_refs(row)
-    count = ids.count(IMG_ID)
-    names = [refs[i] if i < len(refs) else f"images[{i}]" for i in range(max(count, len(images)))]
-    images += [None] * (len(names) - len(images))  # an <img> with no bytes: a grey box
+    vs = visions(row)  # those in no span last: shown, with no region on them
     supervised = sum(1 for m in mask if m)
     meta = _meta([(name, show_value(row.get(name))) for name in ("uid", "task", "source", "key") if name in row],
                  f"{len(ids):,} tokens, {supervised:,} supervised")
-    return _document_card(decoded_runs(ids, mask, refs), images, names, meta)
+    return _document_card(decoded_runs(ids, mask, span_names(vs), row_dialect(row)), row, vs, meta)
 
 
 def _packed_section(i: int, row: dict) -> tuple[str, int]:
     """A packed row: a header with its packing, then a card per document; and the documents shown."""
     ids, mask = row.get("input_ids") or [], row.get("loss_mask") or []
-    images = list(row.get("images") or [])
     tokens, n_docs, padding, padding_supervised = packing(row)
     head = (f"row {i} · uid <code>{html.escape(show_value(row.get('uid')))}</code> · {html.escape(show_value(row.get('task')))} · "
             f"{tokens:,} tokens, {n_docs} document{'s' if n_docs != 1 else ''}, {padding:,} padding "
             f"({padding_supervised:,} supervised), efficiency {efficiency(tokens, padding)}")
     cards = []
-    documents = packed_documents(row)
+    documents = packed_documents(row, visions(row))
     for doc in documents:
-        names = packed_refs(doc)
-        own = [images[k] if k < len(images) else None for k in range(doc.first_image, doc.first_image + doc.images)]
-        runs = decoded_runs(ids[doc.start : doc.end], mask[doc.start : doc.end], names)
+        runs = decoded_runs(ids[doc.start : doc.end], mask[doc.start : doc.end], span_names(doc.visions), row_dialect(row))
         uid, about = document_facts(row, doc)
         meta = _meta([("document", str(doc.index)), ("sample", uid)], about)
-        cards.append(_document_card(runs, own, names, meta))
+        cards.append(_document_card(runs, row, doc.visions, meta))
     body = "\n".join(cards)
     return f'<section class="packed">\n<h3>{head}</h3>\n<div class="docs">\n{body}\n</div>\n</section>', len(documents)
 
@@ -296,10 +292,11 @@ LEGENDS = {
     PACKED: "one card per document (doc_ids); supervised text (loss_mask 1) <mark>highlighted</mark>; each box and "
             "quad drawn on the image before it, in the colour of its tag",
 }
+VISION_COLUMNS = ("dialect", "image_sizes", "image_grid_thw", "videos", "video_grid_thw")  # what Qwen2-VL rows add
 COLUMNS = {
     PAIRS: ("uid", "key", "caption", "image", "reason", "detail"),
-    SAMPLES: ("uid", "task", "source", "key", "input_ids", "loss_mask", "images", "image_refs"),
-    PACKED: ("uid", "task", "input_ids", "loss_mask", "doc_ids", "position_ids", "images", "sample_uids"),
+    SAMPLES: ("uid", "task", "source", "key", "input_ids", "loss_mask", "images", "image_refs", *VISION_COLUMNS, "video_refs"),
+    PACKED: ("uid", "task", "input_ids", "loss_mask", "doc_ids", "position_ids", "images", "sample_uids", *VISION_COLUMNS),
 }
 
 

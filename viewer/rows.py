@@ -8,9 +8,12 @@ shard holds GBs of image bytes, and nothing here pulls them all in.
 The kind of data is told by its column names (`kind_of`): stage-2/sft samples have `input_ids` and
 `loss_mask` but no `doc_ids` (formats/schemas.py SAMPLES), packed sequences have `doc_ids` (PACKED),
 anything else is stage-1 pairs (curated/, rejected/). A sample's `input_ids` decode back to text with
-formats/tokenizer.py, in runs of one loss_mask value; each image is `<img>REF</img>`, REF from
-`image_refs` for a sample, `images[i]` for a packed row (i indexing the row's `images`). A packed row
-is read per document: a run of one `doc_ids` value, whose position ids restart at 0.
+formats/tokenizer.py in the row's dialect (its `dialect` column; Qwen-VL where it is null or absent, as in
+files written before Qwen2-VL), in runs of one loss_mask value. Each image span (`<img>REF</img>`, or
+`<|vision_start|>REF<|vision_end|>` for a Qwen2-VL image or video) is one of the row's `visions`, in
+order: REF from `image_refs` (`video_refs`) for a sample, `images[i]` (`videos[i]`) for a packed row. A
+packed row is read per document: a run of one `doc_ids` value, whose position ids restart at 0, holding
+the images and videos whose spans start in it.
 """
 
 import functools
@@ -24,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from formats.tokenizer import IMG_ID, QwenTokenizer, VocabularyError
+from formats.dialects import QWEN_VL, Dialect, get_dialect
+from formats.dynamic_resolution import image_tokens
+from formats.tokenizer import QwenTokenizer, VocabularyError
 
 MAX_TEXT = 200  # characters of a string shown by `describe`
 LIST_ITEMS = 3  # items of a list shown by `describe`
@@ -128,15 +133,16 @@ def human_size(n: int) -> str:
     return f"{n:.1f} {unit}"
 
 
-def image_summary(data: bytes) -> str:
-    """Format, size and byte count from the image header alone (no decode): 'JPEG 640x480, 47.6 KB'."""
+def image_summary(data: bytes, total: int | None = None) -> str:
+    """Format, size and byte count from the image header alone (no decode): 'JPEG 640x480, 47.6 KB'
+    (with `total` bytes in place of the image's own: a video's frames)."""
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         return f"{len(data):,} bytes, not an image"
     except DECODE_ERRORS as e:  # a cut-off header, or a decompression bomb's size
         return f"{len(data):,} bytes, bad image header: {e}"
-    return f"{image.format} {image.width}x{image.height}, {human_size(len(data))}"
+    return f"{image.format} {image.width}x{image.height}, {human_size(len(data) if total is None else total)}"
 
 
 def show_value(value) -> str:
@@ -168,43 +174,136 @@ def kind_of(names) -> str:
     return PAIRS
 
 
+def row_dialect(row: dict) -> Dialect:
+    """The dialect of a row's ids: its `dialect` column, Qwen-VL where null or absent (older files)."""
+    return get_dialect(row.get("dialect") or QWEN_VL.name)
+
+
 @functools.cache
-def default_tokenizer() -> QwenTokenizer:
+def tokenizer(dialect: str) -> QwenTokenizer:
+    """The tokenizer of a dialect, loaded once."""
     try:
-        return QwenTokenizer(None)
+        return QwenTokenizer(None, dialect=dialect)
     except VocabularyError as e:
         raise ValueError(f"cannot decode input_ids: {e}") from None
 
 
-def decoded_runs(ids: list[int], mask: list[int], refs: list[str]) -> list[tuple[str, bool]]:
+def _item(values: list | None, i: int):
+    """values[i], None where the list is null or too short."""
+    return values[i] if values is not None and i < len(values) else None
+
+
+MEDIA_COLUMN = {False: "images", True: "videos"}  # a row's column of images, of videos
+
+
+@dataclass
+class Vision:
+    """One image or video of a row: whether a video, its index in `images` (`videos`), its ref (a sample's
+    image_refs or video_refs), where its span starts in the ids (None: in no span) and that span's pads."""
+
+    video: bool
+    index: int
+    ref: str | None
+    at: int | None
+    pads: int
+
+    @property
+    def column(self) -> str:
+        """The row's column that holds it."""
+        return MEDIA_COLUMN[self.video]
+
+    @property
+    def name(self) -> str:
+        """What decoded text calls it: its ref, else images[i] (videos[i])."""
+        return self.ref or f"{self.column}[{self.index}]"
+
+
+def visions(row: dict) -> list[Vision]:
+    """A sample's or packed row's images and videos in the order of their spans in the ids, then those that
+    no span holds."""
+    d = row_dialect(row)
+    special = tokenizer(d.name).special_ids
+    start, image_pad, video_pad = special[d.image], special[d.image_pad], special.get(d.video_pad)
+    ids = row.get("input_ids") or []
+    refs = {False: row.get("image_refs"), True: row.get("video_refs")}
+    out, seen = [], {False: 0, True: 0}
+    for at in (i for i, token in enumerate(ids) if token == start):
+        video = video_pad is not None and ids[at + 1 : at + 2] == [video_pad]
+        pad, end = video_pad if video else image_pad, at + 1
+        while end < len(ids) and ids[end] == pad:
+            end += 1
+        out.append(Vision(video, seen[video], _item(refs[video], seen[video]), at, end - at - 1))
+        seen[video] += 1
+    for video, column in MEDIA_COLUMN.items():
+        out += [Vision(video, k, _item(refs[video], k), None, 0) for k in range(seen[video], len(row.get(column) or ()))]
+    return out
+
+
+def vision_data(row: dict, v: Vision) -> bytes | None:
+    """An image's bytes, a video's first frame; None where the row has none."""
+    data = _item(row.get(v.column), v.index)
+    return _item(data, 0) if v.video else data
+
+
+def _tokens(grid: list | None, v: Vision) -> str:
+    """'392 tokens' from a (t, h, w) grid, flagged where the image's span holds another number of pads."""
+    if grid is None:
+        return "no grid"
+    try:
+        n = image_tokens(tuple(grid))
+    except (TypeError, ValueError):
+        return f"grid {grid}: not whole tokens"
+    if v.at is None:
+        return f"{n:,} tokens, in no span of the ids"
+    return f"{n:,} tokens" + (f", but its span holds {v.pads:,}" if v.pads != n else "")
+
+
+def vision_facts(row: dict, v: Vision) -> str:
+    """What an image is and what the model gets of it: 'PNG 1024x768, 47.6 KB -> 1008x756, 972 tokens'
+    (the stored size -> image_sizes, and image_grid_thw's tokens); a video: '8 frames of JPEG 448x252,
+    93.1 KB -> 576 tokens' (video_grid_thw's). Qwen-VL's images, all 256 tokens, only as stored."""
+    if v.video:
+        frames = _item(row.get("videos"), v.index) or []
+        stored = f"{len(frames)} frames" + (f" of {image_summary(frames[0], sum(map(len, frames)))}" if frames else "")
+        return f"{stored} -> {_tokens(_item(row.get('video_grid_thw'), v.index), v)}"
+    data = _item(row.get("images"), v.index)
+    stored = "no image bytes" if data is None else image_summary(data)
+    if row_dialect(row).image_slots is not None:
+        return stored
+    size = _item(row.get("image_sizes"), v.index)
+    resized = f"{size[1]}x{size[0]}" if size is not None and len(size) == 2 else "no size"
+    return f"{stored} -> {resized}, {_tokens(_item(row.get('image_grid_thw'), v.index), v)}"
+
+
+def decoded_runs(ids: list[int], mask: list[int], names: list[str], dialect: Dialect) -> list[tuple[str, bool]]:
     """The decoded text of `ids` in runs of one loss_mask value: (text, supervised). Each run is decoded
     on its own (a sample's runs are its segments, each encoded on its own, so no character spans two);
-    `refs` name the images in order (a run takes as many as it holds <img> tokens)."""
-    tokenizer = default_tokenizer()
+    `names` name the image spans in order (a run takes as many as it holds image-start tokens)."""
+    tok = tokenizer(dialect.name)
     flags = [1 if m else 0 for m in mask[: len(ids)]] + [0] * (len(ids) - len(mask))
     runs, start, image = [], 0, 0
     for end in range(1, len(ids) + 1):
         if end < len(ids) and flags[end] == flags[start]:
             continue
         chunk = ids[start:end]
-        count = chunk.count(IMG_ID)
-        runs.append((_decode(tokenizer, chunk, refs[image : image + count]), bool(flags[start])))
+        count = chunk.count(tok.special_ids[dialect.image])
+        runs.append((_decode(tok, chunk, names[image : image + count]), bool(flags[start])))
         image += count
         start = end
     return runs
 
 
-def _decode(tokenizer: QwenTokenizer, ids: list, refs: list[str]) -> str:
-    """tokenizer.decode, with an id that is no token (out of the vocabulary, null) shown as [bad id X]."""
-    if all(isinstance(i, int) and 0 <= i < tokenizer.n_vocab for i in ids):
-        return tokenizer.decode(ids, images=refs)
+def _decode(tok: QwenTokenizer, ids: list, names: list[str]) -> str:
+    """tok.decode, with an id that is no token (out of the vocabulary, null) shown as [bad id X]."""
+    if all(isinstance(i, int) and 0 <= i < tok.n_vocab for i in ids):
+        return tok.decode(ids, images=names)
     out, start, image = [], 0, 0
     for end, i in enumerate([*ids, None]):
-        if end < len(ids) and isinstance(i, int) and 0 <= i < tokenizer.n_vocab:
+        if end < len(ids) and isinstance(i, int) and 0 <= i < tok.n_vocab:
             continue
         good = ids[start:end]
-        count = good.count(IMG_ID)
-        out.append(tokenizer.decode(good, images=refs[image : image + count]))
+        count = good.count(tok.special_ids[tok.dialect.image])
+        out.append(tok.decode(good, images=names[image : image + count]))
         image += count
         if end < len(ids):
             out.append(f"[bad id {i}]")
@@ -212,37 +311,30 @@ def _decode(tokenizer: QwenTokenizer, ids: list, refs: list[str]) -> str:
     return "".join(out)
 
 
-
-def sample_refs(row: dict) -> list[str]:
-    """What a sample's images are called in decoded text: its image_refs, else images[i]."""
-    refs = row.get("image_refs")
-    if refs is None:
-        refs = [f"images[{i}]" for i in range(len(row.get("images") or ()))]
-    return refs
+def span_names(vs: list[Vision]) -> list[str]:
+    """The names of the images and videos held in spans, in order: what decoded text shows."""
+    return [v.name for v in vs if v.at is not None]
 
 
 @dataclass
 class Document:
-    """One document of a packed row: tokens [start, end), its index, the row's images it holds."""
+    """One document of a packed row: tokens [start, end), its index, the images and videos whose spans start in it."""
 
     index: int
     start: int
     end: int
-    first_image: int
-    images: int
+    visions: list[Vision]
 
 
-def packed_documents(row: dict) -> list[Document]:
-    """The documents of a packed row: runs of one doc_ids value >= 0, in order."""
-    ids, docs = row["input_ids"] or [], row["doc_ids"] or []
-    out, start, image = [], 0, 0
+def packed_documents(row: dict, vs: list[Vision]) -> list[Document]:
+    """The documents of a packed row: runs of one doc_ids value >= 0, in order; `vs` are the row's visions."""
+    docs = row["doc_ids"] or []
+    out, start = [], 0
     for end in range(1, len(docs) + 1):
         if end < len(docs) and docs[end] == docs[start]:
             continue
-        count = ids[start:end].count(IMG_ID)
         if docs[start] >= 0:
-            out.append(Document(docs[start], start, end, image, count))
-        image += count
+            out.append(Document(docs[start], start, end, [v for v in vs if v.at is not None and start <= v.at < end]))
         start = end
     return out
 
@@ -258,21 +350,23 @@ def efficiency(tokens: int, padding: int) -> str:
     return f"{100 * (tokens - padding) / tokens:.2f}%" if tokens else "-"
 
 
+def plural(n: int, word: str) -> str:
+    """'1 image', '2 images'."""
+    return f"{n:,} {word}{'s' if n != 1 else ''}"
+
+
 def document_facts(row: dict, doc: Document) -> tuple[str, str]:
-    """(sample uid, '291 tokens, 25 supervised, 1 image'), flagged where position ids do not restart."""
+    """(sample uid, '291 tokens, 25 supervised, 1 image'), videos counted when there are any, flagged where
+    position ids do not restart."""
     uids = row.get("sample_uids") or []
     uid = uids[doc.index] if doc.index < len(uids) else "?"
     n = doc.end - doc.start
     supervised = sum(1 for m in (row["loss_mask"] or [])[doc.start : doc.end] if m)
-    parts = [f"{n:,} tokens", f"{supervised:,} supervised",
-             f"{doc.images} image{'s' if doc.images != 1 else ''}"]
+    videos = sum(1 for v in doc.visions if v.video)
+    parts = [f"{n:,} tokens", f"{supervised:,} supervised", plural(len(doc.visions) - videos, "image")]
+    if videos:
+        parts.append(plural(videos, "video"))
     positions = row.get("position_ids")
     if positions is not None and list(positions[doc.start : doc.end]) != list(range(n)):
         parts.append(f"position ids not 0..{n - 1}")
     return uid, ", ".join(parts)
-
-
-def packed_refs(doc: Document) -> list[str]:
-    return [f"images[{i}]" for i in range(doc.first_image, doc.first_image + doc.images)]
-
-
