@@ -124,6 +124,10 @@ RECORD_UNREADABLE = "record_unreadable"  # a WARC record that cannot be parsed: 
 # Synthetic OCR pages (synthetic/documents.py).
 GLYPH_MISSING = "glyph_missing"  # a corpus paragraph with a character none of the fonts can draw
 
+# Videos (formats/video.py); IMAGE_ASPECT_RATIO above also applies to a video's frames.
+VIDEO_UNREADABLE = "video_unreadable"  # not a video (an image, audio only), corrupt, or a frame FFmpeg cannot decode
+VIDEO_TOO_SHORT = "video_too_short"  # fewer than 2 frames decode: not one temporal patch to sample
+
 # Packing (formats/packing.py).
 TOO_LONG = "too_long"  # a sample longer than the sequence that cannot be cut (it has an image)
 EMPTY = "empty"  # a sample with no tokens

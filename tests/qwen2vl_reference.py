@@ -1,12 +1,13 @@
 """Reference values from the released Qwen2-VL code: transformers 4.57.6 (`Qwen2VLImageProcessor`,
-`smart_resize`, `Qwen2VLModel.get_rope_index`, `Qwen2Tokenizer`) and qwen-vl-utils 0.0.14 (`smart_nframes`), installed
+`smart_resize`, `Qwen2VLModel.get_rope_index`, `Qwen2Tokenizer`) and qwen-vl-utils 0.0.14 (`smart_nframes`,
+`fetch_video`), installed
 into .reference (`make test` does it: `pip install --target .reference --no-deps ...`).
 
 They run in a child process: transformers 4.57.6 needs huggingface-hub < 1.0, while the venv's is 2.x
 and open_clip imports it into the test process first. The child puts .reference first on sys.path;
 .reference holds no numpy or torch (installed with --no-deps), so the venv's are the ones used.
 
-`reference(name, cases)` runs `name` (resize, rope or nframes below) on the JSON-able `cases`.
+`reference(name, cases)` runs `name` (one of the functions below) on the JSON-able `cases`.
 """
 
 import json
@@ -105,6 +106,68 @@ def tokenize(cases):
     return [tokenizer(text)["input_ids"] for text in cases]
 
 
+def video_size(cases):
+    """[total_frames, video_fps, height, width, fps, min_pixels, max_pixels, max_tokens] -> [the frame
+    indices, [resized height, width]] as fetch_video picks them (its own lines, on its own smart_nframes,
+    smart_resize and constants, with total_pixels = max_tokens * 28 * 28), or the ValueError's message."""
+    import torch
+    from qwen_vl_utils import vision_process as vp
+
+    factor = 14 * vp.SPATIAL_MERGE_SIZE
+    out = []
+    for total, video_fps, height, width, fps, min_pixels, max_pixels, max_tokens in cases:
+        try:
+            nframes = vp.smart_nframes({"fps": fps}, total_frames=total, video_fps=video_fps)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        idx = torch.linspace(0, total - 1, nframes).round().long().tolist()
+        total_pixels = max_tokens * factor * factor
+        frame_max = vp.VIDEO_MAX_TOKEN_NUM * factor * factor
+        budget = min(max_pixels, max(min(frame_max, total_pixels / nframes * vp.FRAME_FACTOR), int(min_pixels * 1.05)))
+        try:
+            size = vp.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=budget)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        out.append([idx, list(size)])
+    return out
+
+
+def fetch_video(cases):
+    """{"video": path, "out": path.npy, and fetch_video's keys} -> [the (T, C, H, W) shape, frames_indices,
+    total_num_frames, fps] of fetch_video on its torchvision backend; the frames, float, saved to "out".
+
+    torchvision 0.29 has no io.read_video any more; a stand-in does what it did (torchvision 0.19,
+    `io/video.py`): decode every frame with PyAV to RGB, fps the stream's average_rate."""
+    import os
+
+    import av
+    import numpy as np
+    import torch
+    import torchvision.io
+
+    def read_video(path, start_pts=0.0, end_pts=None, pts_unit="sec", output_format="TCHW"):
+        assert (start_pts, end_pts, output_format) == (0.0, None, "TCHW")
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            frames = [torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+            fps = float(stream.average_rate)
+        return torch.stack(frames).permute(0, 3, 1, 2), torch.empty(0), {"video_fps": fps}
+
+    torchvision.io.read_video = read_video
+    os.environ["FORCE_QWENVL_VIDEO_READER"] = "torchvision"
+    from qwen_vl_utils.vision_process import fetch_video
+
+    out = []
+    for case in cases:
+        ele = {k: v for k, v in case.items() if k != "out"}
+        video, meta = fetch_video(ele, return_video_metadata=True)
+        np.save(case["out"], video.numpy())
+        out.append([list(video.shape), meta["frames_indices"].tolist(), meta["total_num_frames"], meta["fps"]])
+    return out
+
+
 def main():
     sys.path.insert(0, str(REFERENCE))
     sys.path.append(str(REFERENCE.parent))  # the project, for the vocabulary's path
@@ -114,7 +177,7 @@ def main():
     for module in (numpy, torch):
         assert REFERENCE not in Path(module.__file__).parents, f"{module.__name__} from {REFERENCE}"
     request = json.load(sys.stdin)
-    functions = {"resize": resize, "rope": rope, "nframes": nframes, "tokenize": tokenize}
+    functions = {"resize": resize, "rope": rope, "nframes": nframes, "tokenize": tokenize, "video_size": video_size, "fetch_video": fetch_video}
     print(json.dumps(functions[request["name"]](request["cases"])))
 
 
