@@ -42,12 +42,15 @@ def write_video(
     options: dict[str, str] | None = None,
 ) -> int:
     """Write a `seconds`-long video at `fps` of `width` x `height` to a path or a binary file; return its
-    frame count. `format` is FFmpeg's container name (mp4, matroska, mpegts); `options` go to the muxer
-    (e.g. {"movflags": "faststart"}, which needs a path)."""
+    frame count. A path's folder is made when missing. `format` is FFmpeg's container name (mp4,
+    matroska, mpegts); `options` go to the muxer (e.g. {"movflags": "faststart"}, which needs a path)."""
     frames = round(seconds * fps)
     if frames < 1 or width % 2 or height % 2:
         raise ValueError(f"{seconds} s at {fps} fps of {width}x{height}: need at least 1 frame and even sides")
-    target = os.fspath(path_or_file) if isinstance(path_or_file, (str, os.PathLike)) else path_or_file
+    target = path_or_file
+    if isinstance(path_or_file, (str, os.PathLike)):
+        target = os.fspath(path_or_file)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
     with av.open(target, "w", format=format, options=options or {}) as container:
         stream = container.add_stream(codec, rate=fps, options=REPEATABLE.get(codec, {}))
         stream.codec_context.thread_count = 1  # the bytes must not depend on the machine's cores
