@@ -1,12 +1,17 @@
 """Tokenize + pack throughput on one core, and packing efficiency at 2048, on a synthetic stage-2 mix.
 
-    python bench/pack.py [--samples 20000] [--group 3000] [--seq-len 2048] [--seed 0]
+    python bench/pack.py [--samples 20000] [--group 3000] [--seq-len 2048] [--seed 0] [--dialect qwen2-vl]
 
 The mix follows Qwen-VL's stage-2 shares (captioning 25%, VQA 5%, grounding 4%, referring 11%, grounded
 captioning 11%, OCR 32%, pure text 10% of samples), each sample in a Qwen-VL-like template: an image
 (258 tokens) and a prompt, then the supervised answer with <|endoftext|>; boxes `(x1,y1),(x2,y2)` on the
 0-999 grid, OCR lines with quads, pure-text documents of lognormal length (a tenth longer than 2048).
 Text is random words (English, some Chinese), so the token counts, not the words, are realistic.
+
+--dialect qwen2-vl writes the same samples in Qwen2-VL's tags, each image at its own resolution
+(formats/dynamic_resolution.py): sizes drawn like web photos (the longer side lognormal around 600 px,
+aspect 1:2 to 2:1), so an image takes tens to a few thousand pads instead of Qwen-VL's fixed 256, and
+samples whose image alone passes --seq-len are rejected as too long (counted).
 
 Each task is packed on its own in groups of `--group` samples, as the pipeline does. Baselines in the
 same run: tiktoken's encode_ordinary alone on the same strings (time ratio), and naive sequential
@@ -23,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from formats.dialects import QWEN2_VL, get_dialect, translate_grounding  # noqa: E402
+from formats.dynamic_resolution import image_grid, image_tokens, smart_resize  # noqa: E402
 from formats.packing import Sample, best_fit_decreasing, fill_bins, next_fit, pack  # noqa: E402
 from formats.tokenizer import QwenTokenizer  # noqa: E402
 
@@ -84,6 +91,23 @@ def make_sample(task: str, rng: random.Random, k: int) -> list[tuple[str, bool]]
     return [("\n\n".join(paragraphs) + "<|endoftext|>", True)]
 
 
+def image_pads(rng: random.Random) -> int:
+    """The pads of a web-photo-sized image in Qwen2-VL: the longer side lognormal around 600 px."""
+    longer = max(56, int(rng.lognormvariate(6.4, 0.45)))
+    shorter = max(28, int(longer / rng.uniform(1.0, 2.0)))
+    height, width = (longer, shorter) if rng.random() < 0.3 else (shorter, longer)
+    return image_tokens(image_grid(*smart_resize(height, width)))
+
+
+def in_qwen2_vl(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """A sample's segments in Qwen2-VL's tags: the image inline without its picture number."""
+    out = []
+    for text, supervised in segments:
+        text = text.replace("Picture 1: <img>", QWEN2_VL.image).replace("</img>\n", QWEN2_VL.image_end)
+        out.append((translate_grounding(text, QWEN2_VL), supervised))
+    return out
+
+
 def piece_lengths(n: int, has_images: bool, seq_len: int) -> list[int]:
     """The lengths pack() bins for a sample of n tokens: pure text cut every seq_len, too long dropped."""
     if has_images:
@@ -123,13 +147,22 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=3000)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dialect", default="qwen-vl", choices=["qwen-vl", "qwen2-vl"])
     args = parser.parse_args()
     seq_len = args.seq_len
 
     started = time.perf_counter()
-    tok = QwenTokenizer()
-    print(f"tokenizer loaded in {time.perf_counter() - started:.2f} s (once per worker)")
+    dialect = get_dialect(args.dialect)
+    tok = QwenTokenizer(dialect=dialect)
+    image_id = dialect.special_ids()[dialect.image]
+    print(f"{dialect.name} tokenizer loaded in {time.perf_counter() - started:.2f} s (once per worker)")
     data = mix(args.samples, args.seed)
+    vision = {}  # Qwen2-VL: each sample's image spans, (pads, video)
+    if dialect is QWEN2_VL:
+        sizes = random.Random(args.seed + 1)
+        data = {task: [in_qwen2_vl(segments) for segments in samples] for task, samples in data.items()}
+        vision = {(task, k): [(image_pads(sizes), False)] * sum(t.count(QWEN2_VL.image) for t, _ in segments)
+                  for task, samples in data.items() for k, segments in enumerate(samples)}
 
     # the baseline: tiktoken alone on the same strings, tags and image references as plain text
     strings = [text for samples in data.values() for segments in samples for text, _ in segments]
@@ -140,18 +173,20 @@ def main() -> None:
     tokenize_s = pack_s = 0.0
     tokens = text_tokens = 0
     groups = {}  # task: per group, the lengths of the pieces pack() bins and the sequences it made
+    too_long: dict[str, int] = {}  # task: samples rejected as longer than seq_len (images: never cut)
     for task, samples in data.items():
         started = time.perf_counter()
-        encoded = [tok.encode_segments(segments) for segments in samples]
+        encoded = [tok.encode_segments(segments, vision.get((task, k))) for k, segments in enumerate(samples)]
         tokenize_s += time.perf_counter() - started
         items = [Sample(f"{task}-{k}", e.ids, e.mask, e.images) for k, e in enumerate(encoded)]
         tokens += sum(len(e.ids) for e in encoded)
-        text_tokens += sum(len(e.ids) - 258 * len(e.images) for e in encoded)
+        text_tokens += sum(len(e.ids) - sum(n + 2 for n, _ in vision.get((task, k), [(256, False)] * len(e.images))) for k, e in enumerate(encoded))
         groups[task] = []
         for g in range(0, len(items), args.group):
             started = time.perf_counter()
-            sequences, _ = pack(items[g : g + args.group], seq_len)
+            sequences, rejects = pack(items[g : g + args.group], seq_len, image_id=image_id)
             pack_s += time.perf_counter() - started
+            too_long[task] = too_long.get(task, 0) + len(rejects)
             lengths = [n for s in items[g : g + args.group] for n in piece_lengths(len(s.ids), bool(s.images), seq_len)]
             assert sum(lengths) == sum(int((s.doc >= 0).sum()) for s in sequences)
             groups[task].append((lengths, len(sequences)))
@@ -166,7 +201,7 @@ def main() -> None:
     columns = {"next fit": lambda x, n: len(next_fit(x, seq_len)), "BFD": lambda x, n: len(best_fit_decreasing(x, seq_len)), "ours": lambda x, n: n, "ceiling": lambda x, n: fewest_bins(x, seq_len)}
     print(f"\npacking efficiency at {seq_len} (share of non-pad tokens), each task packed on its own in groups of {args.group:,};")
     print("ceiling: the most any packing that splits no sample can reach (a bound on the fewest sequences)")
-    print(f"  {'task':<17}{'samples':>8}{'mean len':>9}{'seqs':>7}" + "".join(f"{c:>9}" for c in columns) + f"{'ours/next fit':>15}")
+    print(f"  {'task':<17}{'samples':>8}{'too long':>9}{'mean len':>9}{'seqs':>7}" + "".join(f"{c:>9}" for c in columns) + f"{'ours/next fit':>15}")
     total_used, total_bins = 0, dict.fromkeys(columns, 0)
     for task, task_groups in groups.items():
         used = sum(sum(x) for x, _ in task_groups)
@@ -174,8 +209,8 @@ def main() -> None:
         total_used += used
         total_bins = {c: total_bins[c] + bins[c] for c in columns}
         n_pieces = sum(len(x) for x, _ in task_groups)
-        print(f"  {task:<17}{len(data[task]):>8,}{used / n_pieces:>9.0f}{bins['ours']:>7,}" + "".join(f"{used / (b * seq_len):>9.2%}" for b in bins.values()) + f"{bins['next fit'] / bins['ours']:>15.3f}")
-    print(f"  {'all tasks':<17}{args.samples:>8,}{'':>9}{total_bins['ours']:>7,}" + "".join(f"{total_used / (b * seq_len):>9.2%}" for b in total_bins.values()) + f"{total_bins['next fit'] / total_bins['ours']:>15.3f}")
+        print(f"  {task:<17}{len(data[task]):>8,}{too_long.get(task, 0):>9,}{used / n_pieces:>9.0f}{bins['ours']:>7,}" + "".join(f"{used / (b * seq_len):>9.2%}" for b in bins.values()) + f"{bins['next fit'] / bins['ours']:>15.3f}")
+    print(f"  {'all tasks':<17}{args.samples:>8,}{sum(too_long.values()):>9,}{'':>9}{total_bins['ours']:>7,}" + "".join(f"{total_used / (b * seq_len):>9.2%}" for b in total_bins.values()) + f"{total_bins['next fit'] / total_bins['ours']:>15.3f}")
 
     everything = [n for task_groups in groups.values() for x, _ in task_groups for n in x]
     random.Random(args.seed).shuffle(everything)
