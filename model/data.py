@@ -217,6 +217,10 @@ class ParquetStream(IterableDataset):
             missing = [c for c in self.columns if c not in meta.schema.to_arrow_schema().names]
             if missing:
                 raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
+            dialects = _dialects(path, meta)
+            if dialects - {"qwen-vl"}:
+                raise ValueError(f"{path}: rows in the {', '.join(sorted(dialects - {'qwen-vl'}))} dialect: this trainer's model is Qwen-VL "
+                                 "(write the data with --dialect qwen-vl)")
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 step = unit_rows or max(n, 1)
@@ -487,6 +491,22 @@ class PackedStream(ParquetStream):
         size = self.image_size
         stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
         return _item(input_ids, loss_mask, doc_ids, position_ids, stacked, table.column("uid")[row].as_py())
+
+
+def _dialects(path: str, meta: pq.FileMetaData) -> set[str]:
+    """The token dialects of a file's rows (formats/dialects.py): its `dialect` column's values, from the
+    row groups' statistics where written, else read; files written before the column are Qwen-VL."""
+    names = meta.schema.to_arrow_schema().names
+    if "dialect" not in names:
+        return {"qwen-vl"}
+    column = names.index("dialect")
+    found = set()
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return set(pq.read_table(path, columns=["dialect"]).column("dialect").drop_null().unique().to_pylist()) or {"qwen-vl"}
+        found |= {stats.min, stats.max}
+    return found or {"qwen-vl"}
 
 
 def stage_stream(stage: StageConfig | int, files: list[str], **kwargs) -> ParquetStream:

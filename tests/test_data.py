@@ -196,6 +196,15 @@ def test_packed_wrong_seq_len_is_an_error(tmp_path):
         list(PackedStream(files, 2, epochs=1))
 
 
+def test_packed_rows_of_another_dialect_are_an_error(tmp_path):
+    (row,) = packed_rows([Sample("t", [1, 2, 3], [1, 1, 1])], 2048)
+    qwen_vl = write(tmp_path / "a.parquet", [dict(row, dialect="qwen-vl")], PACKED, 10)
+    assert PackedStream([qwen_vl], 2, epochs=1).rows == 1
+    qwen2_vl = write(tmp_path / "b.parquet", [dict(row, dialect="qwen-vl"), dict(row, uid="u2", dialect="qwen2-vl")], PACKED, 10)
+    with pytest.raises(ValueError, match=r"b.parquet: rows in the qwen2-vl dialect: this trainer's model is Qwen-VL \(write the data with --dialect qwen-vl\)$"):
+        PackedStream([qwen_vl, qwen2_vl], 2, epochs=1)
+
+
 def test_packed_bad_image_skipped(tmp_path):
     good = packed_rows([image_sample("a", (1, 2, 3), [5])], 300)[0]
     bad = dict(packed_rows([image_sample("b", (1, 2, 3), [6])], 300)[0], uid="bad", images=[b"junk"])

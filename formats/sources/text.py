@@ -14,7 +14,7 @@ JSONL line that is not UTF-8, not a JSON object or lacks its text (`malformed_re
 """
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 from formats.files import open_file
@@ -87,6 +87,16 @@ def _read_txt(path: str, source: str) -> Iterator[Example | Invalid]:
 
 
 def _read_jsonl(path: str, source: str) -> Iterator[Example | Invalid]:
+    def build(record, where: str) -> Example:
+        return Example(TEXT, source, record_key(record) or where, lang=language(record), text=text_field(record, "text"))
+
+    return jsonl_examples(path, source, build)
+
+
+def jsonl_examples(path: str, source: str, build: Callable[[object, str], Example]) -> Iterator[Example | Invalid]:
+    """`build(record, FILE:LINE)` for each record of a JSONL file; a line it cannot use (not JSON, a field
+    missing: build raises Malformed) -> `malformed_record` keyed FILE:LINE, and the next line is read; a
+    file that cannot be read -> `file_unreadable` keyed by its path."""
     lines = 0
     try:
         for number, record in jsonl_records(path):
@@ -95,8 +105,7 @@ def _read_jsonl(path: str, source: str) -> Iterator[Example | Invalid]:
             try:
                 if isinstance(record, Malformed):
                     raise record
-                key = record_key(record) or where
-                yield Example(TEXT, source, key, lang=language(record), text=text_field(record, "text"))
+                yield build(record, where)
             except Malformed as e:
                 yield Invalid(source, where, MALFORMED, str(e))
     except Exception as e:  # a file that cannot be opened or read

@@ -13,9 +13,8 @@ not a JSON object or lacks a field (`malformed_record`, key FILE:LINE).
 from collections.abc import Iterator
 
 from formats.example import CAPTION, VQA, Example, Invalid
-from formats.reasons import FILE_UNREADABLE, MALFORMED
-from formats.sources.records import Malformed, error_text, file_name, text_field
-from formats.sources.text import jsonl_records, language, record_key
+from formats.sources.records import text_field
+from formats.sources.text import jsonl_examples, language, record_key
 
 VIDEO = "video"
 
@@ -24,22 +23,12 @@ def read_video_manifest(path: str, task: str) -> Iterator[Example | Invalid]:
     """The caption (or vqa) examples of one JSONL manifest of videos."""
     if task not in (CAPTION, VQA):
         raise ValueError(f"videos come as caption or vqa records, not {task}")
-    lines = 0
-    try:
-        for number, record in jsonl_records(path):
-            lines += 1
-            where = f"{file_name(path)}:{number}"
-            try:
-                if isinstance(record, Malformed):
-                    raise record
-                key = record_key(record) or where
-                video, lang = text_field(record, "video"), language(record)
-                if task == CAPTION:
-                    yield Example(CAPTION, VIDEO, key, lang=lang, image=video, video=True, text=text_field(record, "caption"))
-                else:
-                    question, answer = text_field(record, "question"), text_field(record, "answer")
-                    yield Example(VQA, VIDEO, key, lang=lang, image=video, video=True, question=question, text=answer)
-            except Malformed as e:
-                yield Invalid(VIDEO, where, MALFORMED, str(e))
-    except Exception as e:  # a file that cannot be opened or read
-        yield Invalid(VIDEO, path, FILE_UNREADABLE, f"read {lines} lines, then {error_text(e)}")
+
+    def build(record, where: str) -> Example:
+        key, video, lang = record_key(record) or where, text_field(record, "video"), language(record)
+        if task == CAPTION:
+            return Example(CAPTION, VIDEO, key, lang=lang, image=video, video=True, text=text_field(record, "caption"))
+        question, answer = text_field(record, "question"), text_field(record, "answer")
+        return Example(VQA, VIDEO, key, lang=lang, image=video, video=True, question=question, text=answer)
+
+    return jsonl_examples(path, VIDEO, build)
