@@ -32,6 +32,8 @@ STAGE2_SOURCES := --source caption:curated=demo/stage1/curated \
 	--source ocr:jsonl=demo/annotated/ocr/pages.jsonl --source ocr:pdf=demo/annotated/pdf --source ocr:html=demo/annotated/html \
 	--source ocr:jsonl=demo/annotated/ocr-synth/pages.jsonl --source text:text=demo/annotated/text/docs.jsonl
 
+# The Qwen2-VL run caps images at 1280 tokens (--max-pixels 1280*28*28, Qwen2VLImageProcessor's own default)
+# so that every image sample fits the 2048-token sequence; the released limit, 16384 tokens, needs longer ones.
 # The demo's CLIP model has random weights (no download): its scores mean nothing, so the demo keeps the
 # top 90% of each source by score (quantile mode) instead of LAION's absolute 0.28, which is for real weights.
 demo: $(STAMP)
@@ -45,7 +47,7 @@ demo: $(STAMP)
 	$(PY) beam_runner.py make-stage2-sample --output demo/annotated
 	$(PY) beam_runner.py stage2 --output demo/stage2 $(STAGE2_SOURCES)
 	$(PY) beam_runner.py sft --input demo/annotated/chat/chat.json --output demo/sft
-	$(PY) beam_runner.py stage2 --dialect qwen2-vl --output demo/stage2-qwen2vl $(STAGE2_SOURCES) \
+	$(PY) beam_runner.py stage2 --dialect qwen2-vl --max-pixels 1003520 --output demo/stage2-qwen2vl $(STAGE2_SOURCES) \
 		--source caption:video=demo/annotated/video/captions.jsonl --source vqa:video=demo/annotated/video/qa.jsonl
 	$(PY) beam_runner.py sft --dialect qwen2-vl --input demo/annotated/chat/messages.jsonl --output demo/sft-qwen2vl
 	$(PY) beam_runner.py inspect demo/stage2/samples --rows 2 --render demo/samples.html --limit 200

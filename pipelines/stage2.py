@@ -264,10 +264,6 @@ def pack_group(group: tuple, seq_len: int, output: str, dialect_name: str = "qwe
     for s in sequences:
         docs = [by_uid[uid] for uid in s.uids]
         sources = [doc["source"] for doc in docs]
-
-        def joined(column):
-            return [value for doc in docs for value in (doc.get(column) or [])]
-
         row = {
             "uid": sequence_uid(s.uids, s.starts),
             "task": name,
@@ -276,14 +272,14 @@ def pack_group(group: tuple, seq_len: int, output: str, dialect_name: str = "qwe
             "loss_mask": s.mask.tolist(),
             "doc_ids": s.doc.tolist(),
             "position_ids": s.pos.tolist(),
-            "images": joined("images"),
+            "images": joined(docs, "images"),
             "sample_uids": s.uids,
             "sources": sources,
             "dialect": dialect.name,
         }
         if dialect.image_slots is None:
             columns = ("image_sizes", "image_grid_thw", "videos", "video_grid_thw")
-            row.update({column: joined(column) for column in columns})
+            row.update({column: joined(docs, column) for column in columns})
             doc_starts = [0, *(i for i in range(1, seq_len) if s.doc[i] != s.doc[i - 1])]
             row["mrope_position_ids"] = mrope_positions(s.ids, row["image_grid_thw"], row["video_grid_thw"], doc_starts).tolist()
         packed.append(row)
@@ -296,6 +292,11 @@ def pack_group(group: tuple, seq_len: int, output: str, dialect_name: str = "qwe
     yield from map(packing_counts, packed)
     for row in rejected:
         yield beam.pvalue.TaggedOutput(REJECTED, row)
+
+
+def joined(rows: list[dict], column: str) -> list:
+    """The lists of `column` of the rows, one after another (a null as an empty list)."""
+    return [value for row in rows for value in (row.get(column) or [])]
 
 
 def write_rejects(group: tuple, output: str) -> str:
