@@ -155,3 +155,20 @@ def test_bad_dialect_options_are_one_line_errors(tmp_path, capsys):
                            (["--video-fps", "0"], "--video-fps 0 and --video-max-tokens 16384: both must be positive")]:
         assert main(["stage2", "--source", f"text:text={src}", "--output", str(tmp_path / "o"), *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_image_of_aspect_ratio_above_200_is_a_reject(tmp_path):
+    from formats.example import Example
+
+    Image.new("RGB", (603, 3)).save(tmp_path / "wide.png")
+    Image.new("RGB", (600, 3)).save(tmp_path / "ok.png")
+    settings = {"dialect": "qwen2-vl", "min_pixels": 4 * 28 * 28, "max_pixels": 16384 * 28 * 28, "video_fps": 2.0, "video_max_tokens": 16384}
+    make = stage2.MakeSamples(None, settings)
+    make.setup()
+    source = stage2.Source("caption", "coco", str(tmp_path), str(tmp_path), ())
+    [reject] = make.process(Example("caption", "coco", "w", image="wide.png", text="A line."), source)
+    assert reject.tag == "rejected" and (reject.value["reason"], reject.value["detail"]) == (
+        "image_aspect_ratio_too_large", "aspect ratio 201.0 of 3x603 is above 200")
+    [row] = make.process(Example("caption", "coco", "o", image="ok.png", text="A line."), source)
+    assert (row["image_sizes"], row["image_grid_thw"]) == ([[28, 812]], [[1, 2, 58]])  # scaled up to 4 tokens' area, then rounded
+    assert row["input_ids"].count(IMAGE_PAD) == 29
