@@ -99,6 +99,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from formats.example import CAPTION, Example
 from formats.files import open_file
+from formats.parquet_manifest import layouts
 from formats.templates import check, render
 from formats.tokenizer import IMG_ID, PAD_ID, QwenTokenizer
 from model.config import STAGES, StageConfig
@@ -160,6 +161,28 @@ def _stage(stage: StageConfig | int) -> StageConfig:
     return STAGES[stage]
 
 
+def _broadcast_from_rank0(build):
+    """build() on rank 0 only, its result (or its ValueError) sent to every rank, when torch.distributed
+    runs with more than one rank; build() here otherwise. broadcast_object_list pickles the value: plain
+    lists of ints and a message string, made by this function on rank 0, never read from a file."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return build()
+    box, failure = [None], None
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", build())]
+        except Exception as e:  # every rank must leave the broadcast: send the failure, re-raise it here
+            failure, box = e, [("value" if isinstance(e, ValueError) else "other", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if failure is not None:
+        raise failure
+    if kind != "ok":
+        raise (ValueError if kind == "value" else RuntimeError)(value)
+    return [tuple(unit) for unit in value]
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -180,6 +203,7 @@ class ParquetStream(IterableDataset):
 
     columns: tuple[str, ...] = ()  # the columns a subclass reads
     reads = ""  # what a subclass reads, as its error messages name it
+    dialect, model_name = "qwen-vl", "Qwen-VL"  # the token dialect this stream's model reads, and the model's name
 
     def __init__(
         self,
@@ -211,20 +235,7 @@ class ParquetStream(IterableDataset):
         if unit_rows is not None and unit_rows < 1:
             raise ValueError(f"unit_rows must be None or >= 1, not {unit_rows}")
         self.seed, self.shuffle, self.epochs, self.unit_rows = seed, shuffle, epochs, unit_rows
-        self.units: list[tuple[int, int, int, int]] = []  # (file index, row group, start, stop), by unit id
-        for f, path in enumerate(self.files):
-            meta = self._parquet(path).metadata
-            missing = [c for c in self.columns if c not in meta.schema.to_arrow_schema().names]
-            if missing:
-                raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
-            dialects = _dialects(path, meta)
-            if dialects - {"qwen-vl"}:
-                raise ValueError(f"{path}: rows in the {', '.join(sorted(dialects - {'qwen-vl'}))} dialect: this trainer's model is Qwen-VL "
-                                 "(write the data with --dialect qwen-vl)")
-            for g in range(meta.num_row_groups):
-                n = meta.row_group(g).num_rows
-                step = unit_rows or max(n, 1)
-                self.units += [(f, g, start, min(start + step, n)) for start in range(0, n, step)]
+        self.units: list[tuple[int, int, int, int]] = _broadcast_from_rank0(lambda: self._scan(unit_rows))
         self.rows = sum(stop - start for _, _, start, stop in self.units)
         if not self.units:
             raise ValueError(f"no rows in {len(self.files)} Parquet file(s)")
@@ -234,6 +245,25 @@ class ParquetStream(IterableDataset):
                 "needs at least one; pass a smaller unit_rows"
             )
         self._reset()
+
+    def _scan(self, unit_rows: int | None) -> list[tuple[int, int, int, int]]:
+        """The unit list (file index, row group, start, stop), by unit id, from the files' manifest entries
+        (formats/parquet_manifest.py: the folder's _manifest.json where it lists a file, else its footer);
+        ValueError on a missing column or rows of another dialect."""
+        units = []
+        entries, _ = layouts(self.files)
+        for f, (path, entry) in enumerate(zip(self.files, entries)):
+            missing = [c for c in self.columns if c not in entry["columns"]]
+            if missing:
+                raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
+            other = sorted(set(entry["dialects"]) - {self.dialect})
+            if other:
+                raise ValueError(f"{path}: rows in the {', '.join(other)} dialect: this trainer's model is {self.model_name} "
+                                 f"(write the data with --dialect {self.dialect})")
+            for g, n in enumerate(entry["row_groups"]):
+                step = unit_rows or max(n, 1)
+                units += [(f, g, start, min(start + step, n)) for start in range(0, n, step)]
+        return units
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -493,20 +523,62 @@ class PackedStream(ParquetStream):
         return _item(input_ids, loss_mask, doc_ids, position_ids, stacked, table.column("uid")[row].as_py())
 
 
-def _dialects(path: str, meta: pq.FileMetaData) -> set[str]:
-    """The token dialects of a file's rows (formats/dialects.py): its `dialect` column's values, from the
-    row groups' statistics where written, else read; files written before the column are Qwen-VL."""
-    names = meta.schema.to_arrow_schema().names
-    if "dialect" not in names:
-        return {"qwen-vl"}
-    column = names.index("dialect")
-    found = set()
-    for g in range(meta.num_row_groups):
-        stats = meta.row_group(g).column(column).statistics
-        if stats is None or not stats.has_min_max:
-            return set(pq.read_table(path, columns=["dialect"]).column("dialect").drop_null().unique().to_pylist()) or {"qwen-vl"}
-        found |= {stats.min, stats.max}
-    return found or {"qwen-vl"}
+def reshard_state(states: list[dict], rank: int, world_size: int, num_workers: int) -> tuple[dict, int]:
+    """The state of rank `rank` of a new layout (world_size ranks x num_workers DataLoader workers) from
+    the states every rank of a saved run wrote (`states[r]`: rank r's `state_dict()`), and how many units
+    the new readers read again. The same layout: rank `rank`'s own state, unchanged (0).
+
+    Another layout (a different world size or worker count): reader g of G owns positions g, g + G, ...
+    of each epoch's unit order (the order depends on the seed and the epoch only, not on G), so a reader's
+    place (epoch, units_done, rows_done) says which positions it has finished. The new readers start
+    where the saved readers had together finished a prefix of that order: every position before the
+    first one some reader has not finished. When all readers stood at that boundary (rows_done 0, none
+    ahead: the lockstep of a run whose every rank takes the same number of units per step, e.g. with
+    --unit-rows 1) the continuation is exact: the same rows, in the same steps, as the saved layout would
+    have read; otherwise the units read past it (by the readers ahead, or partly) are read again, and the
+    count says how many. The skip counts of all saved readers go to rank 0's first reader."""
+    fields = ("seed", "shuffle", "unit_rows", "units", "rows")
+    first = states[0]
+    for r, state in enumerate(states):
+        wrong = [f"{k} {state.get(k)!r} (rank 0: {first.get(k)!r})" for k in fields if state.get(k) != first.get(k)]
+        if wrong or state.get("rank") != r or state.get("world_size") != len(states):
+            raise ValueError(f"cannot resume: the saved data states do not belong to one run (rank {r}: {', '.join(wrong) or 'rank or world_size'})")
+    new_workers = max(num_workers, 1)
+    saved_workers = {max(state["num_workers"] or 1, 1) for state in states}
+    if len(saved_workers) != 1:
+        raise ValueError(f"cannot resume: the saved ranks used different worker counts {sorted(saved_workers)}")
+    (old_workers,) = saved_workers
+    if len(states) == world_size and (old_workers == new_workers or all(not s["readers"] for s in states)):
+        return states[rank], 0
+    n, old = first["units"], len(states) * old_workers
+    ends, partial = [], 0  # per saved reader: the linear index (epoch * n + position) of its first unfinished unit
+    for r, state in enumerate(states):
+        for w in range(old_workers):
+            place = state["readers"].get(str(w), {"epoch": 0, "units_done": 0, "rows_done": 0})
+            g = r * old_workers + w
+            position = g + place["units_done"] * old
+            epoch = place["epoch"] + position // n
+            ends.append((g, epoch * n + position % n if position < n else epoch * n + g))
+            partial += place["rows_done"] > 0
+    boundary = min(end for _, end in ends)
+    again = sum(1 for g, end in ends for linear in range(boundary, end) if (linear % n) % old == g) + partial
+    epoch, position = divmod(boundary, n)
+    new = world_size * new_workers
+    readers = {}
+    for w in range(new_workers):
+        g = rank * new_workers + w
+        done = len(range(g, position, new))
+        place = (epoch, done) if done < len(range(g, n, new)) else (epoch + 1, 0)
+        skipped = {reason: 0 for reason in SKIP_REASONS}
+        if rank == 0 and w == 0:
+            for state in states:
+                for reader in state["readers"].values():
+                    for reason in SKIP_REASONS:
+                        skipped[reason] += reader["skipped"].get(reason, 0)
+        readers[str(w)] = {"epoch": place[0], "units_done": place[1], "rows_done": 0, "skipped": skipped}
+    state = {**{k: first[k] for k in fields}, "rank": rank, "world_size": world_size,
+             "num_workers": new_workers, "next_worker": 0, "readers": readers}
+    return state, again
 
 
 def stage_stream(stage: StageConfig | int, files: list[str], **kwargs) -> ParquetStream:

@@ -241,13 +241,17 @@ def load_qwen_vl(model: nn.Module, path: str | Path) -> LoadReport:
 
 def load_own(model: nn.Module, path: str | Path) -> LoadReport:
     """Our own checkpoint (model/checkpoint.py) into the whole model, to start a stage from the last one:
-    a step-N folder, or a run folder (its latest step). Names are ours, so every key must match."""
-    from model.checkpoint import MODEL, latest
+    a step-N folder, or a run folder (its latest step); the sharded format assembled into full tensors
+    (checkpoint.read_full), the previous one (a full model.safetensors) read as it is. Names are ours, so
+    every key must match."""
+    from model.checkpoint import MODEL, TRAINER, latest, read_full
 
     folder = Path(path)
-    if not (folder / MODEL).is_file():
+    if not (folder / TRAINER).is_file():
         found = latest(folder)
         if found is None:
-            raise FileNotFoundError(f"{path}: neither a checkpoint folder ({MODEL}) nor a run folder with a latest checkpoint")
+            raise FileNotFoundError(f"{path}: neither a checkpoint folder ({TRAINER}) nor a run folder with a latest checkpoint")
         folder = found
-    return _load(model, [_safetensors_shard(folder / MODEL)], lambda k, t: {k: t}, str(folder))
+    full = read_full(folder / MODEL)
+    shard = ({k: tuple(t.shape) for k, t in full.items()}, lambda: iter(full.items()))
+    return _load(model, [shard], lambda k, t: {k: t}, str(folder))

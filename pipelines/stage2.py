@@ -11,7 +11,9 @@ header unless the annotations give it), its boxes put on the 1000 grid (formats/
 rendered (formats/templates.py; sft: formats/chatml.py) and tokenized (formats/tokenizer.py) ->
 samples/. Samples go to the packer (formats/packing.py) in groups of one task and a bucket of uids,
 about --pack-group each -> packed/. Whatever cannot become a sample, and a sample that cannot be
-packed, is a rejected row with its reason, counted in the report; nothing is dropped silently.
+packed, is a rejected row with its reason, counted in the report; nothing is dropped silently. When the
+pipeline is done, packed/_manifest.json lists each packed file's row groups, columns and dialects
+(formats/parquet_manifest.py), so the trainer lists its shards without opening every footer.
 
 Dialects (formats/dialects.py): `--dialect qwen-vl` (the default) writes Qwen-VL's tokens, each image
 258 positions (the trainer resizes it to 448x448). `--dialect qwen2-vl` writes Qwen2-VL's: each image
@@ -53,6 +55,7 @@ from formats.files import exists, has_glob, is_dir, join, match, open_file
 from formats.ids import sample_uid, sequence_uid
 from formats.mrope import mrope_positions
 from formats.packing import SEQ_LEN, Sample, pack
+from formats.parquet_manifest import MANIFEST, write_manifest
 from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_ASPECT_RATIO, IMAGE_MISSING, IMAGE_UNREADABLE, MALFORMED, VIDEO_UNSUPPORTED
 from formats.sources import CONVERTERS, PER_FILE, convert
 from formats.templates import check, render
@@ -543,9 +546,10 @@ def prepare(argv: list[str], chat: bool):
 def run(argv: list[str], chat: bool = False) -> dict:
     """Run stage 2 (or sft) and return its report (also written to OUTPUT/report.json and printed)."""
     sources, output, settings, options = prepare(argv, chat)
-    clear_outputs(output, ["samples/*.parquet*", "packed/*.parquet*", "rejected/*.parquet*", "report.json"], "files of an earlier run")
+    clear_outputs(output, ["samples/*.parquet*", "packed/*.parquet*", f"packed/{MANIFEST}", "rejected/*.parquet*", "report.json"], "files of an earlier run")
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, sources, output, settings, chat)
+    write_manifest(FileSystems.join(output, "packed"))  # row groups per file, for the trainer (formats/parquet_manifest.py)
     with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:
         report = json.loads(f.read())
     print(format_report(report))

@@ -1,0 +1,163 @@
+"""The trainer's model plug-ins: one entry per model family, everything the training loop
+(model/train.py) and the parallelism (model/parallel.py) need to know about a model, so that adding a
+family adds an entry here and touches neither.
+
+An entry (`Architecture`) says:
+
+    name          the family ("qwen-vl"); ARCHITECTURES is keyed by it
+    config_type   its model config class (model/config.py): `for_model(cfg.model)` finds the entry
+    parts         the parts a stage may train or freeze (--trainable)
+    build(model_cfg, stage) -> nn.Module
+                  the model as trained: forward(*batch tensors in batch_keys order) -> the micro-batch's
+                  *summed* loss over its supervised targets; the stage's parts trainable, the others
+                  frozen; every rank runs the same collectives whatever its batch holds (Qwen-VL: the
+                  vision path always runs). It must build on the meta device (resume builds it there,
+                  shards it, then loads the checkpoint's shards) and keep all its buffers persistent
+                  (in the state dict: a meta-built model gets them from the checkpoint).
+    blocks(model) -> list[nn.Module]
+                  the repeated blocks: compiled (--compile), recomputed in backward (--checkpointing,
+                  via set_checkpointing) and each made an FSDP2 unit (--fsdp), in model/parallel.py
+    set_checkpointing(model, on)
+    inits         {option name: loader(model, path) -> report}: the --init-* options this family takes
+                  (model/weights.py); any other given is a usage error
+    stream(stage, files, **kwargs) -> ParquetStream
+                  the data stream of a stage's rows (model/data.py): seed, rank, world_size, unit_rows
+                  in kwargs; its items carry batch_keys
+    collate(items) -> batch dict
+    batch_keys    the batch's tensors the model's forward takes, in order
+    check_stage(stage, model_cfg) -> str | None
+                  a usage problem of this stage with this model (one line), or None
+
+A Qwen2-VL entry sits next to QWEN_VL the same way (its names come from model/qwen2_vl*.py and its
+config from model/config.py):
+
+    QWEN2_VL = Architecture(
+        name="qwen2-vl",
+        config_type=Qwen2VLConfig,
+        parts=("vision", "merger", "llm"),
+        build=lambda cfg, stage: Qwen2VLTrainModel(cfg).trainable(stage.trainable),
+        blocks=lambda m: [*m.visual.blocks, *m.model.layers],
+        set_checkpointing=lambda m, on: m.set_checkpointing(on),
+        inits={"init": weights.load_own, "init_qwen_vl": load_hf_qwen2_vl},
+        stream=lambda stage, files, **kw: Qwen2VLPackedStream(files, stage, **kw),
+        collate=collate_qwen2_vl,
+        batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "pixel_values", "grid_thw"),
+        check_stage=lambda stage, cfg: None,
+    )
+    ARCHITECTURES[QWEN2_VL.name] = QWEN2_VL
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.config import ADAPTER, LLM, VISION, ModelConfig, StageConfig
+from model.qwen_vl import QwenVL
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    config_type: type
+    parts: tuple[str, ...]
+    build: Callable[[object, StageConfig], nn.Module]
+    blocks: Callable[[nn.Module], list[nn.Module]]
+    set_checkpointing: Callable[[nn.Module, bool], None]
+    inits: dict[str, Callable]
+    stream: Callable
+    collate: Callable[[list[dict]], dict]
+    batch_keys: tuple[str, ...]
+    check_stage: Callable[[StageConfig, object], str | None]
+
+
+# --- Qwen-VL ----------------------------------------------------------------------------------------------
+
+
+class TrainModel(QwenVL):
+    """QwenVL whose forward returns the *summed* loss of a micro-batch, and which runs the image path even
+    when the micro-batch has no image (one blank image, its features times 0 added to the loss): so every
+    rank uses every trainable parameter and runs the same FSDP collectives in the same order (the blank
+    image goes first, where a real batch's images would: before the LLM blocks)."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int):
+        super().__init__(cfg)
+        self.image_size = image_size
+
+    def forward(self, input_ids, position_ids, doc_ids, loss_mask, images=None):
+        if images is None or images.shape[0] == 0:
+            blank = torch.zeros(1, 3, self.image_size, self.image_size, device=input_ids.device)
+            unused = self.image_features(blank).float().sum() * 0.0
+            return super().forward(input_ids, position_ids, doc_ids, loss_mask, None, reduction="sum") + unused
+        return super().forward(input_ids, position_ids, doc_ids, loss_mask, images, reduction="sum")
+
+
+def _build_qwen_vl(cfg: ModelConfig, stage: StageConfig) -> TrainModel:
+    model = TrainModel(cfg, stage.image_size)
+    model.train_only(stage.trainable)
+    return model
+
+
+def _qwen_vl_blocks(model: TrainModel) -> list[nn.Module]:
+    return list(model.vision.trunk.transformer.resblocks) + list(model.llm.h)
+
+
+def _qwen_vl_stream(stage: StageConfig, files: list[str], **kwargs):
+    from model.data import stage_stream
+
+    return stage_stream(stage, files, **kwargs)
+
+
+def _qwen_vl_collate(items: list[dict]) -> dict:
+    from model.data import collate
+
+    return collate(items)
+
+
+def _qwen_vl_inits() -> dict[str, Callable]:
+    def lazy(name: str) -> Callable:
+        def load(model, path):
+            from model import weights
+
+            return getattr(weights, name)(model, path)
+
+        load.__name__ = name
+        return load
+
+    return {"init": lazy("load_own"), "init_qwen_vl": lazy("load_qwen_vl"), "init_vision": lazy("load_openclip_vision"), "init_llm": lazy("load_hf_qwen_llm")}
+
+
+def _qwen_vl_check(stage: StageConfig, cfg: ModelConfig) -> str | None:
+    if VISION in stage.trainable and stage.vit_layer_decay == 0:
+        return "--vit-layer-decay 0 freezes the ViT, but the stage trains it (trainable includes vision)"
+    if stage.image_size % cfg.vision.patch:
+        return f"--image-size {stage.image_size} is not a multiple of the patch size {cfg.vision.patch}"
+    return None
+
+
+QWEN_VL = Architecture(
+    name="qwen-vl",
+    config_type=ModelConfig,
+    parts=(VISION, ADAPTER, LLM),
+    build=_build_qwen_vl,
+    blocks=_qwen_vl_blocks,
+    set_checkpointing=lambda model, on: model.set_checkpointing(on),
+    inits=_qwen_vl_inits(),
+    stream=_qwen_vl_stream,
+    collate=_qwen_vl_collate,
+    batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "images"),
+    check_stage=_qwen_vl_check,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {QWEN_VL.name: QWEN_VL}
+
+
+def for_model(model_cfg) -> Architecture:
+    """The entry whose config_type is the model config's class (a ValueError naming the families)."""
+    for arch in ARCHITECTURES.values():
+        if type(model_cfg) is arch.config_type:
+            return arch
+    raise ValueError(f"no trainer plug-in for a {type(model_cfg).__name__} model (families: {', '.join(ARCHITECTURES)})")
