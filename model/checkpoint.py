@@ -52,11 +52,13 @@ it), but not resumed: `read_trainer` says so in one line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -191,13 +193,22 @@ def begin(output: str | Path, step: int) -> Path:
     return tmp
 
 
+@contextlib.contextmanager
+def _one_process_quiet():
+    """DCP warns on every call without a process group that it assumes one process: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is (disabled, )?unavailable or uninitialized")
+        yield
+
+
 def write_tensors(folder: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Every rank (a collective under torch.distributed): `tensors` (plain tensors or DTensors, by name)
     into `folder` as DCP's sharded safetensors, each rank writing what it holds (replicated tensors once)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-    dcp.save(dict(tensors), storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    with _one_process_quiet():
+        dcp.save(dict(tensors), storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
 
 
 def load_tensors(folder: str | Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -207,7 +218,8 @@ def load_tensors(folder: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     state = dict(tensors)
-    dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)))
+    with _one_process_quiet():
+        dcp.load(state, storage_reader=HuggingFaceStorageReader(str(folder)))
     for name, value in state.items():  # DCP loads in place; a tensor it had to replace is copied back
         if value is not tensors[name]:
             tensors[name].copy_(value)

@@ -1,5 +1,6 @@
-"""model/checkpoint.py: an exact round trip of model, optimizer and RNG states, safetensors + JSON only (no
-pickle anywhere), and the atomic write protocol (step-N.tmp -> step-N, then `latest`)."""
+"""model/checkpoint.py: an exact round trip of model, optimizer and RNG states, DCP's sharded safetensors +
+JSON only (no pickle anywhere, no DCP .metadata file), and the atomic write protocol (step-N.tmp ->
+step-N, then `latest`)."""
 
 import json
 import random
@@ -13,7 +14,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from model import checkpoint
 from model.config import PRESETS, STAGES
 from model.optim import make_optimizer
-from model.train import TrainModel, load_optimizer
+from model.architectures import TrainModel
+from model.train_checkpoint import set_optimizer as load_optimizer
 
 
 def trained_model(seed: int = 0):
@@ -60,16 +62,18 @@ def test_only_safetensors_and_json(tmp_path):
     model, optimizer = trained_model()
     model_state, optim_state = get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
     path = checkpoint.write(tmp_path, 1, model_state, optim_state, {"ranks": []})
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "optimizer.safetensors", "trainer.json"]
+    shard = "shard-00001-model-00001-of-00001.safetensors"  # DCP's HuggingFaceStorageWriter, one process
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == ["model", f"model/{shard}", "optimizer", f"optimizer/{shard}", "trainer.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-1"]
-    for name in ("model.safetensors", "optimizer.safetensors"):
-        raw = (path / name).read_bytes()
+    for name in ("model", "optimizer"):
+        raw = (path / name / shard).read_bytes()
         (n,) = struct.unpack("<Q", raw[:8])  # safetensors: u64 header length, JSON header, raw tensor bytes
         header = json.loads(raw[8 : 8 + n])
-        assert header["__metadata__"]["format"] == checkpoint.FORMAT
+        offsets = json.loads(header["__metadata__"]["DCP_SHARDING_INFO"])  # where each slice sits: whole tensors here
+        assert set(offsets) == set(header) - {"__metadata__"} and all(set(v["saved_offsets"]) <= {0} for v in offsets.values())
         assert not raw.startswith(b"\x80") and not raw.startswith(b"PK")  # neither a pickle nor a torch.save zip
-    json.loads((path / "trainer.json").read_text())
-    flat = checkpoint.read_tensors(path / "optimizer.safetensors")
+    assert json.loads((path / "trainer.json").read_text())["format"] == checkpoint.FORMAT == "qwen-vl-train-checkpoint/2"
+    flat = checkpoint.read_tensors(path / "optimizer" / shard)
     assert "llm.wte.weight:exp_avg" in flat and "llm.wte.weight:step" in flat
     assert not any(k.startswith("vision.") for k in flat)  # frozen in stage 3: no state
 
@@ -89,7 +93,9 @@ def test_atomic_protocol(tmp_path):
     assert checkpoint.latest(tmp_path) is None
     # a crash mid-write leaves step-N.tmp and no pointer: not a checkpoint, and the next write replaces it
     (tmp_path / "step-2.tmp").mkdir()
-    (tmp_path / "step-2.tmp" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "step-2.tmp" / "model").mkdir()
+    (tmp_path / "step-2.tmp" / "model" / "shard-00001-model-00001-of-00001.safetensors").write_bytes(b"partial")
+    (tmp_path / "step-2.tmp" / "trainer.json").write_text("{}")
     assert checkpoint.latest(tmp_path) is None
     checkpoint.write(tmp_path, 2, tensors, optim, {})
     assert not (tmp_path / "step-2.tmp").exists() and checkpoint.latest(tmp_path).name == "step-2"
@@ -114,10 +120,10 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     model, optim = small_state()
     checkpoint.write(tmp_path, 1, model, optim, {})
 
-    def interrupted(tensors, path, metadata=None):
+    def interrupted(folder, tensors):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    monkeypatch.setattr(checkpoint, "write_tensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.write(tmp_path, 2, model, optim, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-1"]
@@ -128,7 +134,7 @@ def test_remove_partial_removes_what_a_killed_write_left(tmp_path):
     checkpoint.write(tmp_path, 1, model, optim, {})
     for name in ("step-2.tmp", "step-1.old"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "model.safetensors").write_bytes(b"partial")
+        (tmp_path / name / "trainer.json").write_text("{}")
     (tmp_path / "latest.tmp").write_text("step-2\n")
     (tmp_path / "metrics.jsonl").write_text("")
     assert checkpoint.remove_partial(tmp_path) == ["latest.tmp", "step-1.old", "step-2.tmp"]
@@ -144,3 +150,28 @@ def test_prune_keeps_the_newest_up_to_latest(tmp_path):
     assert checkpoint.prune(tmp_path, 2) == ["step-2", "step-4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-10", "step-6", "step-8"]
     assert checkpoint.prune(tmp_path, 5) == []
+
+
+def test_sharded_slices_assemble_and_the_old_format_is_named(tmp_path):
+    """read_full puts dim-0 slices (as FSDP2 ranks write them) back together; a checkpoint of the previous
+    format (one full model.safetensors) is read for --init but does not resume: a one-line error naming it."""
+    from safetensors.torch import save_file
+
+    w = torch.arange(12.0).reshape(4, 3)
+    (tmp_path / "model").mkdir()
+    for rank, rows in enumerate((slice(0, 2), slice(2, 4))):
+        info = json.dumps({"w": {"saved_offsets": [rows.start, 0]}, "b": {"saved_offsets": [0]}})
+        tensors = {"w": w[rows].clone()} | ({"b": torch.ones(2)} if rank == 0 else {})
+        save_file(tensors, tmp_path / "model" / f"shard-0000{rank + 1}-model-00001-of-00001.safetensors", metadata={"DCP_SHARDING_INFO": info})
+    full = checkpoint.read_full(tmp_path / "model")
+    assert torch.equal(full["w"], w) and torch.equal(full["b"], torch.ones(2))
+
+    old = tmp_path / "step-5"
+    old.mkdir()
+    save_file({"w": w}, old / "model.safetensors")
+    (old / "trainer.json").write_text(json.dumps({"format": "qwen-vl-train-checkpoint/1", "step": 5}))
+    assert torch.equal(checkpoint.read_full(old / "model")["w"], w)
+    with pytest.raises(ValueError) as e:
+        checkpoint.read_trainer(old)
+    assert str(e.value) == (f"{old} is a qwen-vl-train-checkpoint/1 checkpoint (full tensors in model.safetensors), which this "
+                            f"trainer does not resume: start a new run from its weights with --init {old}")

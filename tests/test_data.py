@@ -26,6 +26,7 @@ from model.data import (
     collate,
     decode_image,
     next_token_labels,
+    reshard_state,
     stage_stream,
 )
 from model.llm import supervised_targets_mask
@@ -356,3 +357,74 @@ def test_caption_stream_resume_with_workers(tmp_path):
     resumed = make()
     resumed.load_state_dict(first.state_dict())
     assert [b["uid"] for b in itertools.islice(loader(resumed), 6)] == full[3:]
+
+
+# --- the manifest and resharding the data position ------------------------------------------------------
+
+
+def test_manifest_gives_the_footers_units(tmp_path, monkeypatch):
+    """packed/_manifest.json (formats/parquet_manifest.py, written by pipelines/stage2.py) gives exactly
+    the units the footers give, without opening one footer; a file it does not list takes its footer."""
+    from formats import parquet_manifest
+
+    files = text_packed_files(tmp_path)
+    (tmp_path / "sub").mkdir()
+    extra = write(tmp_path / "sub" / "x.parquet", [{"uid": "x", "task": "t", "input_ids": [1] * 40, "loss_mask": [1] * 40, "doc_ids": [0] * 40,
+                  "position_ids": list(range(40)), "images": [], "sample_uids": ["x"]}], PACKED, 1)  # fmt: skip
+    footers = {unit_rows: (PackedStream([*files, extra], SMALL, unit_rows=unit_rows).units) for unit_rows in (None, 2)}
+    path = parquet_manifest.write_manifest(str(tmp_path))
+    record = json.loads(open(path).read())
+    assert record["format"] == "parquet-manifest/1" and sorted(record["files"]) == [f"part-{f}.parquet" for f in range(5)]
+    assert record["files"]["part-0.parquet"]["row_groups"] == [3, 3] and record["files"]["part-0.parquet"]["dialects"] == ["qwen-vl"]
+    opened = []
+    real = parquet_manifest.file_layout
+    monkeypatch.setattr(parquet_manifest, "file_layout", lambda p: opened.append(p) or real(p))
+    for unit_rows, units in footers.items():
+        assert PackedStream([*files, extra], SMALL, unit_rows=unit_rows).units == units
+    assert opened == [extra, extra]  # the one file no manifest lists, once per stream
+    assert parquet_manifest.layouts(files)[1] == 0
+
+
+def two_rank_states(files, taken: tuple[int, int], **kw) -> list[dict]:
+    """The data states of ranks 0 and 1 of 2 after each took taken[rank] items in process."""
+    states = []
+    for rank, k in enumerate(taken):
+        ds = PackedStream(files, SMALL, seed=5, unit_rows=1, rank=rank, world_size=2, **kw)
+        list(itertools.islice(ds, k))
+        states.append(json.loads(json.dumps(ds.state_dict())))
+    return states
+
+
+@pytest.mark.parametrize("k", [7, 16])  # mid-epoch; past the end of the first epoch (15 units per reader)
+def test_reshard_two_ranks_to_one_and_back_exactly(tmp_path, k):
+    """Readers in lockstep (--unit-rows 1, equal items per rank) have read a prefix of the epoch order:
+    one rank, or two again, continue with exactly the rows one uninterrupted reader reads next."""
+    files = text_packed_files(tmp_path)  # 30 rows: 30 units of one row
+    reference = uids(itertools.islice(PackedStream(files, SMALL, seed=5, unit_rows=1), 2 * k + 20))
+    states = two_rank_states(files, (k, k))
+    state, again = reshard_state(states, 0, 1, 0)
+    assert again == 0 and state["world_size"] == 1 and state["rank"] == 0
+    one = PackedStream(files, SMALL, seed=5, unit_rows=1)
+    one.load_state_dict(state)
+    assert uids(itertools.islice(one, 20)) == reference[2 * k :]
+    # and from that one rank to two again: interleaved, the same rows
+    twos = []
+    for rank in (0, 1):
+        back, again = reshard_state([state], rank, 2, 0)
+        ds = PackedStream(files, SMALL, seed=5, unit_rows=1, rank=rank, world_size=2)
+        ds.load_state_dict(back)
+        twos.append(uids(itertools.islice(ds, 10)))
+    assert again == 0 and [u for pair in zip(*twos) for u in pair] == reference[2 * k :]
+    assert reshard_state(states, 1, 2, 0) == (states[1], 0)  # the same layout: the rank's own state
+
+
+def test_reshard_readers_out_of_step_read_again(tmp_path):
+    """Rank 0 ahead of rank 1 by two items: the new reader starts where both had finished (position 11)
+    and reads rank 0's unit 12 again; the count says so."""
+    files = text_packed_files(tmp_path)
+    reference = uids(itertools.islice(PackedStream(files, SMALL, seed=5, unit_rows=1), 30))
+    state, again = reshard_state(two_rank_states(files, (7, 5)), 0, 1, 0)
+    assert again == 1
+    one = PackedStream(files, SMALL, seed=5, unit_rows=1)
+    one.load_state_dict(state)
+    assert uids(itertools.islice(one, 10)) == reference[11:21]
