@@ -98,7 +98,11 @@ def losses(out) -> list[float]:
 
 
 def weights(out, step: int) -> dict[str, torch.Tensor]:
-    return checkpoint.read_tensors(checkpoint.step_dir(out, step) / checkpoint.MODEL)
+    return checkpoint.read_full(checkpoint.step_dir(out, step) / checkpoint.MODEL)
+
+
+def optimizer_tensors(out, step: int) -> dict[str, torch.Tensor]:
+    return checkpoint.read_full(checkpoint.step_dir(out, step) / checkpoint.OPTIMIZER)
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +225,7 @@ def test_resume_equals_uninterrupted(packed, reference, tmp_path, capsys):
     assert losses(out) == losses(reference)  # exactly, step by step
     a, b = weights(reference, 6), weights(out, 6)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    oa = checkpoint.read_tensors(reference / "step-6" / checkpoint.OPTIMIZER)
-    ob = checkpoint.read_tensors(out / "step-6" / checkpoint.OPTIMIZER)
+    oa, ob = optimizer_tensors(reference, 6), optimizer_tensors(out, 6)
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
     ta, tb = (json.loads((o / "step-6" / "trainer.json").read_text()) for o in (reference, out))
     assert ta["ranks"][0]["data"] == tb["ranks"][0]["data"] and ta["tokens"] == tb["tokens"] == 6 * 4 * SEQ
@@ -243,25 +246,85 @@ def torchrun(argv: list[str], nproc: int = 2, timeout: int = 240) -> subprocess.
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def fsdp_args(data: str, out, extra=()) -> list[str]:
+    """stage2_args on 2 ranks x micro-batch 1 x 2 accumulated, FSDP2."""
+    argv = stage2_args(data, out, extra=extra)
+    argv[argv.index("--micro-batch") + 1] = "1"
+    return [*argv, "--fsdp"]
+
+
+@pytest.fixture(scope="module")
+def fsdp_reference(packed, tmp_path_factory):
+    """One uninterrupted run of 6 steps on 2 processes under FSDP2 (gloo): (its folder, its stdout)."""
+    out = tmp_path_factory.mktemp("fsdp-reference")
+    done = torchrun(fsdp_args(packed, out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_two_processes_equal_one(mode, packed, reference, tmp_path):
+def test_two_processes_equal_one(mode, packed, reference, tmp_path, request):
     """2 ranks x micro-batch (2 for DDP: no accumulation; 1 for FSDP: 2 accumulated) = the same global batch
     of 4 as the reference's 1 rank x 2 x 2: the same rows per step (--unit-rows 1), the same losses and
     weights up to float summation order."""
-    out = tmp_path / "out"
-    argv = stage2_args(packed, out)
     if mode == "fsdp":
-        argv[argv.index("--micro-batch") + 1] = "1"
-        argv.append("--fsdp")
-    done = torchrun(argv)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"on 2 process(es), {'FSDP2' if mode == 'fsdp' else 'DDP'}, cpu fp32" in done.stdout
+        out, stdout = request.getfixturevalue("fsdp_reference")
+    else:
+        out = tmp_path / "out"
+        done = torchrun(stage2_args(packed, out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        stdout = done.stdout
+    assert f"on 2 process(es), {'FSDP2' if mode == 'fsdp' else 'DDP'}, cpu fp32" in stdout
     assert losses(out) == pytest.approx(losses(reference), abs=1e-5, rel=0)
     a, b = weights(reference, 6), weights(out, 6)
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     record = json.loads((out / "step-6" / "trainer.json").read_text())
     assert [r["data"]["rank"] for r in record["ranks"]] == [0, 1]
+
+
+def test_a_sharded_checkpoint_of_two_processes_resumes_on_one_and_on_two(packed, reference, fsdp_reference, tmp_path, capsys):
+    """FSDP2 on 2 ranks stops after step 3: each rank wrote its own half of every parameter. Beside it, a
+    step-4.tmp as a write killed before its commit leaves it (shards and trainer.json complete): never
+    taken as latest. Resumed on 1 process (no FSDP: the shards reassembled on load, the data position of
+    the 2 readers mapped onto 1) the next losses are the uninterrupted runs' (float summation order
+    apart); resumed on 2 processes under FSDP2 they are exactly the uninterrupted 2-process run's."""
+    import shutil
+
+    fsdp_out, _ = fsdp_reference
+    stopped = tmp_path / "stopped"
+    done = torchrun(fsdp_args(packed, stopped, extra=["--stop-at", "3"]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    shard = "shard-0000{}-model-00001-of-00001.safetensors"
+    for part in ("model", "optimizer"):
+        assert sorted(p.name for p in (stopped / "step-3" / part).iterdir()) == [shard.format(1), shard.format(2)]
+    halves = [checkpoint.read_tensors(stopped / "step-3" / "model" / shard.format(r)) for r in (1, 2)]
+    vocab = PRESETS["tiny"].llm.vocab
+    assert [h["llm.wte.weight"].shape[0] for h in halves] == [vocab // 2, vocab // 2]  # no rank wrote it whole
+    shutil.copytree(stopped / "step-3", stopped / "step-4.tmp")
+    assert checkpoint.latest(stopped) == stopped / "step-3"
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(stopped, one)
+    shutil.copytree(stopped, two)
+
+    capsys.readouterr()
+    assert train.main(stage2_args(packed, one, extra=["--resume"])) == 0
+    report = capsys.readouterr().out
+    assert "note: removed step-4.tmp, left half-written by a killed run" in report
+    assert "note: data: 2 process(es) x 1 reader(s) resumed as 1 x 1: exactly where they stood" in report
+    assert "steps 4-6 (3 steps, at step 6 of 6) on 1 process(es), single process" in report
+    assert losses(one)[:3] == losses(fsdp_out)[:3]  # kept as the 2 processes logged them
+    assert losses(one)[3:] == pytest.approx(losses(fsdp_out)[3:], abs=1e-5, rel=0)
+    assert losses(one)[3:] == pytest.approx(losses(reference)[3:], abs=1e-5, rel=0)
+
+    done = torchrun(fsdp_args(packed, two, extra=["--resume"]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "steps 4-6 (3 steps, at step 6 of 6) on 2 process(es), FSDP2" in done.stdout
+    assert losses(two) == losses(fsdp_out)  # exactly, step by step
+    a, b = weights(fsdp_out, 6), weights(two, 6)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    oa, ob = optimizer_tensors(fsdp_out, 6), optimizer_tensors(two, 6)
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
 
 
 def test_sigterm_stops_at_a_step_boundary_with_a_checkpoint(packed, tmp_path):
