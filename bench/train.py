@@ -53,7 +53,8 @@ from PIL import Image  # noqa: E402
 from formats.packing import Sample, pack  # noqa: E402
 from formats.schemas import PACKED  # noqa: E402
 from formats.tokenizer import IMG_END_ID, IMG_ID, IMGPAD_ID, PAD_ID  # noqa: E402
-from model import train  # noqa: E402
+from model import parallel, train  # noqa: E402
+from model.architectures import for_model  # noqa: E402
 from model.config import ADAPTER, LLM, STAGES, VISION, ModelConfig, StageConfig  # noqa: E402
 from model.data import collate, stage_stream  # noqa: E402
 from model.optim import make_optimizer  # noqa: E402
@@ -223,13 +224,13 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     argv += ["--checkpointing"] * args.checkpointing + ["--compile"] * args.compile
     cfg = train.resolve(train.build_parser().parse_args(argv), 1)
 
-    d = train.setup_distributed()
-    model = train.init_model(cfg).to(d.device)
-    wrapped = train.wrap(model, cfg, d)
-    train.set_precision(d.device)
+    d = parallel.setup_distributed()
+    model = train.init_model(cfg)
+    wrapped = parallel.parallelize(model, for_model(cfg.model), cfg.compile, cfg.checkpointing, cfg.fsdp, d)
+    parallel.set_precision(d.device)
     optimizer = make_optimizer(model, cfg.stage, fused=True if d.device.type == "cuda" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    ctx = (cfg, d, wrapped, optimizer, trainable, train.autocast_for(d.device))
+    ctx = (cfg, d, wrapped, optimizer, trainable, parallel.autocast_for(d.device))
     params = {part: sum(p.numel() for p in module.parameters()) for part, module in model.parts().items()}
     name = torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     def from_data():
         for batch in loader:
             if not kept:
-                kept.update({k: batch[k].to(d.device) for k in train.BATCH_KEYS})
+                kept.update({k: batch[k].to(d.device) for k in for_model(cfg.model).batch_keys})
             yield batch
 
     def ready():  # the first data batch, already on the device, every step

@@ -210,13 +210,13 @@ def step_counts(micro: list[dict], d: Dist, received: signal.Signals | None = No
     return n_targets, n_images, next((s for s, v in zip(STOP_SIGNALS, votes) if v), None)
 
 
-def run_step(wrapped, optimizer, trainable, micro: list[dict], n_targets: float, lr: float, cfg: RunConfig, d: Dist, autocast,
-             batch_keys: tuple[str, ...]) -> tuple[float, float]:
+def run_step(wrapped, optimizer, trainable, micro: list[dict], n_targets: float, lr: float, cfg: RunConfig, d: Dist, autocast) -> tuple[float, float]:
     """One optimizer step over this rank's micro-batches -> (the global batch's mean loss, the gradient norm).
 
     Each micro-batch's summed loss is back-propagated times world / n_targets (DDP / FSDP average over
     the ranks, so the gradient is that of the global token-weighted mean); gradients sync only on the
     last micro-batch; then clipping, AdamW, and one all-reduce of the loss sums."""
+    batch_keys = for_model(cfg.model).batch_keys
     set_lr(optimizer, lr)
     scale = d.world / max(n_targets, 1.0)
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -334,7 +334,7 @@ def train(cfg: RunConfig) -> dict:
                 break
             step += 1
             lr = lr_at(step, cfg.stage)
-            loss, grad_norm = run_step(wrapped, optimizer, trainable, micro, n_targets, lr, cfg, d, autocast, arch.batch_keys)
+            loss, grad_norm = run_step(wrapped, optimizer, trainable, micro, n_targets, lr, cfg, d, autocast)
             for b in micro:
                 dataset.consumed(b)
             data_state = dataset.state_dict()

@@ -172,6 +172,9 @@ def readme_training_commands() -> list[list[str]]:
 
 def test_the_readme_training_commands_run_as_written_on_the_pipelines_outputs(runs, tmp_path, capsys):
     root, _, _, _ = runs
+    for packed in (root / "out" / "packed", root / "sft" / "packed"):  # the trainer lists its shards from the manifest
+        listed = json.loads((packed / "_manifest.json").read_text())["files"]
+        assert sorted(listed) == sorted(p.name for p in packed.glob("*.parquet")) and listed
     commands = readme_training_commands()
     assert [argv[1] for argv in commands] == ["1", "2", "3"]
     places = {"demo/stage1/": f"{root / 'stage1'}/", "demo/stage2/": f"{root / 'out'}/", "demo/sft/": f"{root / 'sft'}/", "runs/": f"{tmp_path}/"}
