@@ -47,7 +47,10 @@ convert("RGB"), resize straight to S x S (no crop, no aspect kept) bicubic, /255
 (Qwen-VL's visual.py): model/vision.py's `preprocess`, the one transform of the project.
 
 Sharding. The unit is one row group of one file: the files are sorted by path and their non-empty row
-groups numbered in order (unit ids); with `unit_rows`, a row group of more rows is cut into units of
+groups numbered in order (unit ids). The row-group sizes, columns and dialects come from the folder's
+_manifest.json where the pipeline wrote one (formats/parquet_manifest.py), else from each file's
+footer; under torch.distributed only rank 0 builds the unit list and broadcasts it
+(broadcast_object_list: a pickle of plain lists made on rank 0, over the process group); with `unit_rows`, a row group of more rows is cut into units of
 that many consecutive rows (for small outputs: a demo's few files hold one row group each). Epoch e
 shuffles the unit ids with (seed, e); reader g of G takes every G-th unit of that order from position
 g, where G = world_size x num_workers and g = rank x num_workers + worker. Inside a unit the rows are
@@ -73,8 +76,12 @@ its iteration yield exactly the items an uninterrupted run would have yielded ne
   batches from its workers in turn (batch i from worker i mod W), so the next batch comes from the
   worker after the last consumed one; on resume a new DataLoader starts with its worker 0, so worker w
   plays reader (w + next) mod W: the turn order, and so the batch order, carries on unchanged.
-- The constraint: resume with the same world_size and the same num_workers (0 and 1 are the same: one
-  reader per rank); a mismatch is a ValueError at load (world_size) or at iteration (workers). The
+- The constraint: `load_state_dict` takes a state of the same world_size and num_workers (0 and 1 are
+  the same: one reader per rank); a mismatch is a ValueError at load (world_size) or at iteration
+  (workers). Another layout goes through `reshard_state(every rank's state, rank, world_size,
+  num_workers)` first: exact when the saved readers stood together at the end of a prefix of the epoch
+  order (as every rank taking the same number of rows per step with unit_rows 1 gives), else starting
+  at the end of the prefix they had all finished, re-reading what some had read past it (counted). The
   batch size may change. With workers the turn order holds while every worker still produces, i.e.
   always for the endless stream; with a finite `epochs`, a state saved after the first worker has run
   out resumes every reader at its own place, but the interleaving of the last batches may differ.
