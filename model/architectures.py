@@ -61,17 +61,19 @@ from model.qwen_vl import QwenVL
 
 @dataclass(frozen=True)
 class Architecture:
-    name: str
-    config_type: type
-    parts: tuple[str, ...]
-    build: Callable[[object, StageConfig], nn.Module]
-    blocks: Callable[[nn.Module], list[nn.Module]]
-    set_checkpointing: Callable[[nn.Module, bool], None]
-    inits: dict[str, Callable]
-    stream: Callable
-    collate: Callable[[list[dict]], dict]
-    batch_keys: tuple[str, ...]
-    check_stage: Callable[[StageConfig, object], str | None]
+    """One model family as the trainer sees it (the module docstring details each field)."""
+
+    name: str  # the family: the key in ARCHITECTURES
+    config_type: type  # its model config class: for_model() matches on it
+    parts: tuple[str, ...]  # what --trainable names
+    build: Callable[[object, StageConfig], nn.Module]  # (model config, stage) -> the model as trained (meta-buildable)
+    blocks: Callable[[nn.Module], list[nn.Module]]  # the units to compile, recompute and shard
+    set_checkpointing: Callable[[nn.Module, bool], None]  # activation checkpointing per block, on or off
+    inits: dict[str, Callable]  # --init-* option (underscored) -> loader(model, path) -> report
+    stream: Callable  # (stage, files, **kwargs) -> the stage's ParquetStream
+    collate: Callable[[list[dict]], dict]  # items -> a batch
+    batch_keys: tuple[str, ...]  # the batch's tensors the forward takes, in order
+    check_stage: Callable[[StageConfig, object], str | None]  # (stage, model config) -> a usage problem or None
 
 
 # --- Qwen-VL ----------------------------------------------------------------------------------------------
