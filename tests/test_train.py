@@ -519,6 +519,23 @@ def test_existing_checkpoint_needs_resume_and_a_matching_config(packed, referenc
     )
 
 
+def test_a_checkpoint_of_the_previous_format_does_not_resume(packed, tmp_path, capsys):
+    """qwen-vl-train-checkpoint/1 (one full model.safetensors): a one-line error naming the format and what
+    to do instead; --init takes its weights (model/weights.py load_own)."""
+    from safetensors.torch import save_file
+
+    out = tmp_path / "out"
+    (out / "step-2").mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, out / "step-2" / "model.safetensors")
+    (out / "step-2" / "trainer.json").write_text(json.dumps({"format": "qwen-vl-train-checkpoint/1", "step": 2}))
+    (out / "latest").write_text("step-2\n")
+    assert usage([*stage2_args(packed, out), "--resume"], capsys) == (
+        2,
+        f"error: {out / 'step-2'} is a qwen-vl-train-checkpoint/1 checkpoint (full tensors in model.safetensors), which this "
+        f"trainer does not resume: start a new run from its weights with --init {out / 'step-2'}",
+    )
+
+
 def test_data_files_of_folders_files_and_globs(tmp_path):
     for name in ("a/1.parquet", "a/2.parquet", "a/notes.txt", "b/3.parquet"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
