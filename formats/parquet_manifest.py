@@ -62,10 +62,13 @@ def file_layout(path: str) -> dict:
     }
 
 
-def write_manifest(folder: str) -> str:
+def write_manifest(folder: str) -> str | None:
     """Write FOLDER/_manifest.json for the *.parquet files directly in `folder` (written beside it, then
-    renamed into place); returns its path."""
+    renamed into place); returns its path, or None when the folder holds no Parquet file (nothing
+    written)."""
     files = list_files(folder, "*.parquet")
+    if not files:
+        return None
     record = {"format": FORMAT, "files": {_name(path): file_layout(path) for path in files}}
     path = join(folder, MANIFEST)
     fs, inner = _resolve(path)
