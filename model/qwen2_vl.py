@@ -56,21 +56,46 @@ class Qwen2VL(nn.Module):
         every image of the batch in order ([N, C*T*p*p], model/qwen2_vision.py), `image_grids` their grids;
         likewise `videos`."""
         x = self.llm.embed(input_ids)
-        for pad, kind, patches, grids in ((IMAGE_PAD_ID, "image", images, image_grids), (VIDEO_PAD_ID, "video", videos, video_grids)):
+        for pad, kind, patches, grids in (
+            (IMAGE_PAD_ID, "image", images, image_grids),
+            (VIDEO_PAD_ID, "video", videos, video_grids),
+        ):
             slots = input_ids == pad
-            tokens = self.vision(patches, grids) if len(grids) else x.new_zeros(0, x.shape[-1])
+            tokens = self.vision(patches, grids) if len(grids) else x.new_zeros(0, x.shape[-1])  # [n, H]
             if int(slots.sum()) != tokens.shape[0]:
                 raise ValueError(f"{int(slots.sum())} {kind} pad slots in the batch for {len(grids)} {kind}s of {tokens.shape[0]} tokens")
             if len(grids):
                 x = x.masked_scatter(slots.unsqueeze(-1), tokens.to(x.dtype))
         return x
 
-    def hidden(self, input_ids, position_ids, doc_ids=None, images=None, image_grids=(), videos=None, video_grids=(), document_mask: bool = True):
-        """The decoder's final hidden states [B, T, H] of a batch."""
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        image_grids: list[Grid] = (),
+        videos: torch.Tensor | None = None,
+        video_grids: list[Grid] = (),
+        document_mask: bool = True,
+    ) -> torch.Tensor:
+        """The decoder's final hidden states [B, T, H] of a batch (`embed`, then the LLM)."""
         x = self.embed(input_ids, images, image_grids, videos, video_grids)
         return self.llm(x, position_ids, doc_ids, document_mask=document_mask)
 
-    def forward(self, input_ids, position_ids, doc_ids, loss_mask, images=None, image_grids=(), videos=None, video_grids=(), document_mask: bool = True, reduction: str = "mean"):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        doc_ids: torch.Tensor | None,
+        loss_mask: torch.Tensor,
+        images: torch.Tensor | None = None,
+        image_grids: list[Grid] = (),
+        videos: torch.Tensor | None = None,
+        video_grids: list[Grid] = (),
+        document_mask: bool = True,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
         """The loss of a batch: input_ids, doc_ids and loss_mask [B, T], position_ids [3, B, T]."""
         hidden = self.hidden(input_ids, position_ids, doc_ids, images, image_grids, videos, video_grids, document_mask)
         return self.llm.loss(hidden, input_ids, loss_mask, doc_ids if document_mask else None, reduction=reduction)

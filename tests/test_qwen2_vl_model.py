@@ -272,6 +272,11 @@ def test_loss_counts_the_supervised_tokens_only(row):
         h[0, 0] += 1.0
         torch.testing.assert_close(model.llm.loss(h, ids, mask), expected)
         assert model.llm.loss(h, ids, torch.zeros_like(mask)) == 0
+    # the model's forward is that loss, and every parameter gets a gradient from it
+    loss = model(ids, row["position_ids"], None, mask, row["images"], row["image_grids"], row["videos"], row["video_grids"])
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def test_pad_slots_and_vision_tokens_must_agree(row):
