@@ -178,6 +178,8 @@ class ParquetStream(IterableDataset):
     slices it), for small outputs with fewer row groups than readers.
     """
 
+    dialect = "qwen-vl"  # the token dialect of the rows it reads (formats/dialects.py)
+
     columns: tuple[str, ...] = ()  # the columns a subclass reads
     reads = ""  # what a subclass reads, as its error messages name it
 
@@ -217,10 +219,10 @@ class ParquetStream(IterableDataset):
             missing = [c for c in self.columns if c not in meta.schema.to_arrow_schema().names]
             if missing:
                 raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
-            dialects = _dialects(path, meta)
-            if dialects - {"qwen-vl"}:
-                raise ValueError(f"{path}: rows in the {', '.join(sorted(dialects - {'qwen-vl'}))} dialect: this trainer's model is Qwen-VL "
-                                 "(write the data with --dialect qwen-vl)")
+            others = _dialects(path, meta) - {self.dialect}
+            if others:
+                raise ValueError(f"{path}: rows in the {', '.join(sorted(others))} dialect: the {self.dialect} model's data is "
+                                 f"written with --dialect {self.dialect}")
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 step = unit_rows or max(n, 1)
