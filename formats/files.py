@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 
 def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
@@ -27,6 +28,13 @@ def open_file(path: str, compression: str | None = "detect"):
     fs, inner = _resolve(path)
     raw = fs.open_input_file(inner) if compression is None else fs.open_input_stream(inner, compression=compression)
     return io.BufferedReader(raw)  # full io semantics: readline, iteration, peek
+
+
+def parquet_file(f) -> pq.ParquetFile:
+    """An open Parquet file to read a row group at a time. pyarrow pre-buffers by default, and keeps every
+    column chunk read until the file is closed: reading a file of images batch by batch held the whole
+    file in memory."""
+    return pq.ParquetFile(f, pre_buffer=False)
 
 
 def exists(path: str) -> bool:

@@ -8,7 +8,7 @@ An entry (`Architecture`) says:
     config_type   its model config class (model/config.py): `for_model(cfg.model)` finds the entry
     parts         the parts a stage may train or freeze (--trainable)
     build(model_cfg, stage) -> nn.Module
-                  the model as trained: forward(*batch tensors in batch_keys order) -> the micro-batch's
+                  the model as trained: forward(*the batch's values in batch_keys order) -> the micro-batch's
                   *summed* loss over its supervised targets; the stage's parts trainable, the others
                   frozen; every rank runs the same collectives whatever its batch holds (Qwen-VL: the
                   vision path always runs). It must build on the meta device (resume builds it there,
@@ -20,29 +20,35 @@ An entry (`Architecture`) says:
     set_checkpointing(model, on)
     inits         {option name: loader(model, path) -> report}: the --init-* options this family takes
                   (model/weights.py); any other given is a usage error
-    stream(stage, files, **kwargs) -> ParquetStream
+    stream(model_cfg, stage, files, **kwargs) -> ParquetStream
                   the data stream of a stage's rows (model/data.py): seed, rank, world_size, unit_rows
                   in kwargs; its items carry batch_keys
     collate(items) -> batch dict
-    batch_keys    the batch's tensors the model's forward takes, in order
+    batch_keys    the batch's values the model's forward takes, in order (tensors go to the device,
+                  anything else, such as a list of image grids, as it is)
     check_stage(stage, model_cfg) -> str | None
                   a usage problem of this stage with this model (one line), or None
+    count_images(batch) -> int
+                  the images of a batch, for the metrics
 
-A Qwen2-VL entry sits next to QWEN_VL the same way (its names come from model/qwen2_vl*.py and its
-config from model/config.py):
+A Qwen2-VL entry sits next to QWEN_VL the same way; registering it makes --preset take the
+qwen2-vl-* presets (model/config.py QWEN2_VL_PRESETS: `model_presets`). With the names of
+model/qwen2_vl.py and model/qwen2_vl_data.py (Qwen2VLTrainModel: Qwen2VL with forward(...,
+reduction="sum") and the vision tower run on a blank image when a batch has none, as TrainModel does):
 
     QWEN2_VL = Architecture(
         name="qwen2-vl",
         config_type=Qwen2VLConfig,
-        parts=("vision", "merger", "llm"),
-        build=lambda cfg, stage: Qwen2VLTrainModel(cfg).trainable(stage.trainable),
-        blocks=lambda m: [*m.visual.blocks, *m.model.layers],
-        set_checkpointing=lambda m, on: m.set_checkpointing(on),
-        inits={"init": weights.load_own, "init_qwen_vl": load_hf_qwen2_vl},
-        stream=lambda stage, files, **kw: Qwen2VLPackedStream(files, stage, **kw),
-        collate=collate_qwen2_vl,
-        batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "pixel_values", "grid_thw"),
+        parts=("vision", "llm"),
+        build=lambda cfg, stage: _trainable(Qwen2VLTrainModel(cfg), stage.trainable),
+        blocks=lambda m: [*m.vision.blocks, *m.llm.layers],
+        set_checkpointing=lambda m, on: ...,
+        inits={"init": weights.load_own, "init_qwen_vl": weights.load_qwen2_vl},
+        stream=lambda cfg, stage, files, **kw: Qwen2VLPackedStream(files, stage, cfg.vision, **kw),
+        collate=qwen2_vl_data.collate,
+        batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "images", "image_grids", "videos", "video_grids"),
         check_stage=lambda stage, cfg: None,
+        count_images=lambda batch: len(batch["image_grids"]),
     )
     ARCHITECTURES[QWEN2_VL.name] = QWEN2_VL
 """
@@ -70,10 +76,11 @@ class Architecture:
     blocks: Callable[[nn.Module], list[nn.Module]]  # the units to compile, recompute and shard
     set_checkpointing: Callable[[nn.Module, bool], None]  # activation checkpointing per block, on or off
     inits: dict[str, Callable]  # --init-* option (underscored) -> loader(model, path) -> report
-    stream: Callable  # (stage, files, **kwargs) -> the stage's ParquetStream
+    stream: Callable  # (model config, stage, files, **kwargs) -> the stage's ParquetStream
     collate: Callable[[list[dict]], dict]  # items -> a batch
     batch_keys: tuple[str, ...]  # the batch's tensors the forward takes, in order
     check_stage: Callable[[StageConfig, object], str | None]  # (stage, model config) -> a usage problem or None
+    count_images: Callable[[dict], int]  # a batch's images (the metrics' `images`)
 
 
 # --- Qwen-VL ----------------------------------------------------------------------------------------------
@@ -107,7 +114,7 @@ def _qwen_vl_blocks(model: TrainModel) -> list[nn.Module]:
     return list(model.vision.trunk.transformer.resblocks) + list(model.llm.h)
 
 
-def _qwen_vl_stream(stage: StageConfig, files: list[str], **kwargs):
+def _qwen_vl_stream(cfg: ModelConfig, stage: StageConfig, files: list[str], **kwargs):
     from model.data import stage_stream
 
     return stage_stream(stage, files, **kwargs)
@@ -152,9 +159,18 @@ QWEN_VL = Architecture(
     collate=_qwen_vl_collate,
     batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "images"),
     check_stage=_qwen_vl_check,
+    count_images=lambda batch: int(batch["images"].shape[0]),
 )
 
 ARCHITECTURES: dict[str, Architecture] = {QWEN_VL.name: QWEN_VL}
+
+
+def model_presets() -> dict[str, object]:
+    """The model presets (model/config.py) of the registered families, by name: what --preset takes."""
+    from model import config
+
+    every = {**config.PRESETS, **getattr(config, "QWEN2_VL_PRESETS", {})}
+    return {name: cfg for name, cfg in every.items() if any(type(cfg) is arch.config_type for arch in ARCHITECTURES.values())}
 
 
 def for_model(model_cfg) -> Architecture:

@@ -7,6 +7,9 @@ Qwen-sized LLM, for one GPU), `qwen-vl` (the paper's 9.6B: ViT-bigG/14 + Qwen-7B
 is trained, image size, LLM sequence length and the optimizer schedule of each of the three stages.
 The `tiny` preset also shrinks each stage's batch and schedule (PRESET_DEFAULTS) so that it runs on the
 demo's data. Every field can be overridden (model/train.py: by option or a TOML file).
+
+Qwen2-VL (arXiv 2409.12191; model/qwen2_vl.py) has its own model presets, QWEN2_VL_PRESETS:
+`qwen2-vl-tiny` (CPU tests) and the released `qwen2-vl-2b`, `qwen2-vl-7b`, `qwen2-vl-72b`.
 """
 
 from dataclasses import dataclass
@@ -105,4 +108,70 @@ STAGES = {
     1: StageConfig(1, (VISION, ADAPTER), 224, 512, 2e-4, 1e-6, 500, 50_000, 30_720, 0.95),
     2: StageConfig(2, (VISION, ADAPTER, LLM), 448, 2048, 5e-5, 1e-5, 400, 19_000, 4096, 0.95),
     3: StageConfig(3, (ADAPTER, LLM), 448, 2048, 1e-5, 1e-6, 3000, 8000, 128, 0.0),
+}
+
+
+# --- Qwen2-VL (arXiv 2409.12191) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Qwen2VisionConfig:
+    """The Qwen2-VL ViT (transformers' Qwen2VLVisionConfig): 3D patch embedding, 2D RoPE, 2x2 merger."""
+
+    depth: int  # transformer blocks
+    embed_dim: int  # width of the patch embedding and the blocks
+    heads: int
+    mlp_ratio: float = 4.0  # MLP hidden = int(embed_dim * mlp_ratio)
+    patch_size: int = 14
+    temporal_patch_size: int = 2  # frames per patch: an image is its frame twice
+    spatial_merge_size: int = 2  # the merger joins merge x merge patches into one LLM token
+    in_channels: int = 3
+
+
+@dataclass(frozen=True)
+class Qwen2LLMConfig:
+    """The Qwen2 decoder with M-RoPE (transformers' Qwen2VLTextConfig): RMSNorm, grouped-query
+    attention with QKV bias, SwiGLU MLP."""
+
+    hidden: int  # also the merger's output: one vision token is one embedding
+    intermediate: int  # SwiGLU hidden size (each of gate_proj, up_proj)
+    layers: int
+    heads: int  # query heads
+    kv_heads: int  # key/value heads, each shared by heads / kv_heads query heads
+    vocab: int = 151_936
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    mrope_section: tuple[int, int, int] = (16, 24, 24)  # rotary frequencies for t, h, w: sum = head_dim / 2
+    tie_word_embeddings: bool = False  # the output head is the embedding table
+
+
+@dataclass(frozen=True)
+class Qwen2VLConfig:
+    vision: Qwen2VisionConfig
+    llm: Qwen2LLMConfig
+
+
+# Sizes from the released config.json files (Hugging Face Qwen/Qwen2-VL-2B-Instruct, -7B-Instruct and
+# -72B-Instruct; their vision_config only names hidden_size, the merger's output, the rest being
+# Qwen2VLVisionConfig's defaults: 32 blocks, 1280 wide, 16 heads, mlp_ratio 4). Parameters: 2.21B, 8.29B
+# and 73.4B as the hub counts their safetensors; the ViT is 675M with the 7B's merger (2B's: 665M).
+_QWEN2_VIT = Qwen2VisionConfig(depth=32, embed_dim=1280, heads=16)
+QWEN2_VL_PRESETS = {
+    "qwen2-vl-tiny": Qwen2VLConfig(
+        Qwen2VisionConfig(depth=2, embed_dim=32, heads=2),
+        Qwen2LLMConfig(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, mrope_section=(2, 3, 3),
+                       tie_word_embeddings=True),
+    ),
+    "qwen2-vl-2b": Qwen2VLConfig(
+        _QWEN2_VIT,
+        Qwen2LLMConfig(hidden=1536, intermediate=8960, layers=28, heads=12, kv_heads=2, tie_word_embeddings=True),
+    ),
+    "qwen2-vl-7b": Qwen2VLConfig(
+        _QWEN2_VIT,
+        Qwen2LLMConfig(hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, vocab=152_064),
+    ),
+    "qwen2-vl-72b": Qwen2VLConfig(
+        _QWEN2_VIT,
+        Qwen2LLMConfig(hidden=8192, intermediate=29568, layers=80, heads=64, kv_heads=8, vocab=152_064),
+    ),
 }

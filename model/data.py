@@ -208,9 +208,10 @@ class ParquetStream(IterableDataset):
     slices it), for small outputs with fewer row groups than readers.
     """
 
+    dialect = "qwen-vl"  # the token dialect of the rows it reads (formats/dialects.py)
+
     columns: tuple[str, ...] = ()  # the columns a subclass reads
     reads = ""  # what a subclass reads, as its error messages name it
-    dialect, model_name = "qwen-vl", "Qwen-VL"  # the token dialect this stream's model reads, and the model's name
 
     def __init__(
         self,
@@ -242,7 +243,7 @@ class ParquetStream(IterableDataset):
         if unit_rows is not None and unit_rows < 1:
             raise ValueError(f"unit_rows must be None or >= 1, not {unit_rows}")
         self.seed, self.shuffle, self.epochs, self.unit_rows = seed, shuffle, epochs, unit_rows
-        self.units: list[tuple[int, int, int, int]] = _broadcast_from_rank0(lambda: self._scan(unit_rows))
+        self.units: list[tuple[int, int, int, int]] = _broadcast_from_rank0(lambda: self._scan(unit_rows))  # (file, row group, start, stop)
         self.rows = sum(stop - start for _, _, start, stop in self.units)
         if not self.units:
             raise ValueError(f"no rows in {len(self.files)} Parquet file(s)")
@@ -263,10 +264,10 @@ class ParquetStream(IterableDataset):
             missing = [c for c in self.columns if c not in entry["columns"]]
             if missing:
                 raise ValueError(f"{path}: no column {', '.join(missing)}: stage {self.stage.stage} trains on {self.reads}")
-            other = sorted(set(entry["dialects"]) - {self.dialect})
-            if other:
-                raise ValueError(f"{path}: rows in the {', '.join(other)} dialect: this trainer's model is {self.model_name} "
-                                 f"(write the data with --dialect {self.dialect})")
+            others = sorted(set(entry["dialects"]) - {self.dialect})
+            if others:
+                raise ValueError(f"{path}: rows in the {', '.join(others)} dialect: the {self.dialect} model's data is "
+                                 f"written with --dialect {self.dialect}")
             for g, n in enumerate(entry["row_groups"]):
                 step = unit_rows or max(n, 1)
                 units += [(f, g, start, min(start + step, n)) for start in range(0, n, step)]

@@ -224,35 +224,50 @@ class QwenLM(nn.Module):
         reduction: str = "mean",
         chunk: int = 4096,
     ) -> torch.Tensor:
-        """Next-token cross-entropy over the supervised targets only.
+        """Next-token cross-entropy over the supervised targets only (`next_token_loss` with lm_head)."""
+        return next_token_loss(hidden, self.lm_head.weight, input_ids, loss_mask, doc_ids, reduction, chunk)
 
-        The hidden state at t predicts input_ids[t + 1], counted where loss_mask[t + 1] is 1 (and, with
-        doc_ids, where t and t + 1 are in the same document: a document's first token is never predicted
-        from the previous document). Logits exist only for those rows, `chunk` rows at a time, in fp32;
-        with grad enabled each chunk is recomputed in backward, so at most one chunk of logits is alive.
-        reduction "mean": over the supervised targets (0 if none); "sum": the sum (divide by
-        `supervised_targets(...)` yourself when averaging across micro-batches).
-        """
-        sel = supervised_targets_mask(loss_mask, doc_ids)
-        rows = hidden[:, :-1][sel]  # [N, H]
-        targets = input_ids[:, 1:][sel].long()  # [N]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        if rows.shape[0] == 0:  # keep the graph connected (every parameter gets a zero grad)
-            total = total + self.lm_head(rows).float().sum()
-        for i in range(0, rows.shape[0], chunk):
-            r, y = rows[i : i + chunk], targets[i : i + chunk]
-            if torch.is_grad_enabled() and (r.requires_grad or self.lm_head.weight.requires_grad):
-                total = total + checkpoint(self._ce_sum, r, y, use_reentrant=False)
-            else:
-                total = total + self._ce_sum(r, y)
-        if reduction == "sum":
-            return total
-        if reduction == "mean":
-            return total / max(rows.shape[0], 1)
-        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
 
-    def _ce_sum(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(rows).float(), targets, reduction="sum")
+def next_token_loss(
+    hidden: torch.Tensor,
+    head: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+    reduction: str = "mean",
+    chunk: int = 4096,
+) -> torch.Tensor:
+    """Next-token cross-entropy over the supervised targets only; `head` is the output head's weight
+    [vocab, H] (logits = hidden @ head.T).
+
+    The hidden state at t predicts input_ids[t + 1], counted where loss_mask[t + 1] is 1 (and, with
+    doc_ids, where t and t + 1 are in the same document: a document's first token is never predicted
+    from the previous document). Logits exist only for those rows, `chunk` rows at a time, in fp32;
+    with grad enabled each chunk is recomputed in backward, so at most one chunk of logits is alive.
+    reduction "mean": over the supervised targets (0 if none); "sum": the sum (divide by
+    `supervised_targets(...)` yourself when averaging across micro-batches).
+    """
+    sel = supervised_targets_mask(loss_mask, doc_ids)
+    rows = hidden[:, :-1][sel]  # [N, H]
+    targets = input_ids[:, 1:][sel].long()  # [N]
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if rows.shape[0] == 0:  # keep the graph connected (every parameter gets a zero grad)
+        total = total + F.linear(rows, head).float().sum()
+    for i in range(0, rows.shape[0], chunk):
+        r, y = rows[i : i + chunk], targets[i : i + chunk]
+        if torch.is_grad_enabled() and (r.requires_grad or head.requires_grad):
+            total = total + checkpoint(_ce_sum, r, y, head, use_reentrant=False)
+        else:
+            total = total + _ce_sum(r, y, head)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / max(rows.shape[0], 1)
+    raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+
+
+def _ce_sum(rows: torch.Tensor, targets: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(rows, head).float(), targets, reduction="sum")
 
 
 def supervised_targets_mask(loss_mask: torch.Tensor, doc_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -199,13 +199,14 @@ def ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def step_counts(micro: list[dict], d: Dist, received: signal.Signals | None = None) -> tuple[float, float, signal.Signals | None]:
+def step_counts(micro: list[dict], d: Dist, received: signal.Signals | None = None, count_images=None) -> tuple[float, float, signal.Signals | None]:
     """(supervised targets, images, stop signal) of a step's micro-batches, summed over all ranks: one
     all-reduce, before any forward (the loss divisor must be known before the first backward). Each rank
     votes with the stop signal it received; the result is the same on every rank: SIGTERM if any rank got
     it, else SIGINT if any did, else None."""
+    count_images = count_images or (lambda b: int(b["images"].shape[0]))
     targets = sum(supervised_targets(b["loss_mask"], b["doc_ids"]) for b in micro)
-    images = sum(int(b["images"].shape[0]) for b in micro)
+    images = sum(count_images(b) for b in micro)
     n_targets, n_images, *votes = all_reduce([targets, images, *(float(received == s) for s in STOP_SIGNALS)], d)
     return n_targets, n_images, next((s for s, v in zip(STOP_SIGNALS, votes) if v), None)
 
@@ -225,7 +226,7 @@ def run_step(wrapped, optimizer, trainable, micro: list[dict], n_targets: float,
         if cfg.fsdp and d.on:
             wrapped.set_requires_gradient_sync(last)
         sync = wrapped.no_sync() if d.on and not cfg.fsdp and not last else contextlib.nullcontext()
-        tensors = [b[k].to(d.device, non_blocking=True) for k in batch_keys]
+        tensors = [b[k].to(d.device, non_blocking=True) if isinstance(b[k], torch.Tensor) else b[k] for k in batch_keys]
         with sync:
             with autocast:
                 micro_loss = wrapped(*tensors)
@@ -266,7 +267,7 @@ def train(cfg: RunConfig) -> dict:
 
     d = setup_distributed()
     try:
-        dataset = arch.stream(cfg.stage, cfg.files, seed=cfg.seed, rank=d.rank, world_size=d.world, unit_rows=cfg.unit_rows)
+        dataset = arch.stream(cfg.model, cfg.stage, cfg.files, seed=cfg.seed, rank=d.rank, world_size=d.world, unit_rows=cfg.unit_rows)
         readers = d.world * max(cfg.num_workers, 1)
         if len(dataset.units) < readers:
             raise ValueError(
@@ -329,7 +330,7 @@ def train(cfg: RunConfig) -> dict:
         while step < end:
             t0 = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.accumulation)]
-            n_targets, n_images, stopped = step_counts(micro, d, stop.signal)
+            n_targets, n_images, stopped = step_counts(micro, d, stop.signal, arch.count_images)
             if stopped:
                 break
             step += 1

@@ -1,7 +1,8 @@
 """The trainer's run configuration: the command line, the TOML file, the presets, resolved and
 validated in one pass into a RunConfig (model/train.py runs it).
 
-The stage preset (model/config.py STAGES) and the model preset (PRESETS) give every default; a TOML file
+The stage preset (model/config.py STAGES) and the model preset (model/config.py, of a family that
+model/architectures.py registers: `model_presets`) give every default; a TOML file
 (--config) overrides them, and options override the TOML. The TOML takes any option by its name with
 underscores at the top level (`lr = 1e-4`, `betas = [0.9, 0.98]`, `trainable = ["adapter", "llm"]`,
 `data = "packed/*.parquet"`, ...) and model fields in one table per part of the model config
@@ -26,8 +27,8 @@ from pathlib import Path
 
 from cli.usage import ArgumentParser, UsageError
 from formats.files import exists, has_glob, is_dir, list_files
-from model.architectures import for_model
-from model.config import PRESET_DEFAULTS, PRESETS, STAGES, ModelConfig, StageConfig
+from model.architectures import for_model, model_presets
+from model.config import PRESET_DEFAULTS, STAGES, ModelConfig, StageConfig
 
 PROG = "python -m model.train"
 STAGE_FIELDS = tuple(f.name for f in dataclasses.fields(StageConfig) if f.name != "stage")
@@ -60,7 +61,7 @@ def build_parser() -> ArgumentParser:
     a = p.add_argument
     a("--stage", type=int, choices=sorted(STAGES), help="REQUIRED: 1, 2 or 3 (model/config.py STAGES)")
     a("--data", action="append", metavar="GLOB", help="REQUIRED: Parquet folder, file or glob (repeatable): stage 1 curated/, stages 2 and 3 packed/")
-    a("--preset", help=f"REQUIRED: model size: {', '.join(PRESETS)}")
+    a("--preset", help=f"REQUIRED: model size: {', '.join(model_presets())}")
     a("--output", metavar="DIR", help="REQUIRED: checkpoints, metrics.jsonl, config.json")
     a("--config", metavar="FILE.toml", help="overrides of the presets (options override it in turn)")
     a("--resume", action="store_true", default=None, help="continue from DIR/latest")
@@ -189,13 +190,14 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         if merged.get(name) is None:
             raise UsageError(f"{PROG}: --{name} is required (on the command line or in --config)")
     preset = merged["preset"]
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
+    presets = model_presets()
+    if preset not in presets:
+        raise UsageError(f"unknown preset {preset!r} (presets: {', '.join(presets)})")
     if merged["stage"] not in STAGES:
         raise UsageError(f"stage must be one of {', '.join(map(str, STAGES))}, not {merged['stage']!r}")
 
     # the model: preset, then [model.<part>] fields
-    model = PRESETS[preset]
+    model = presets[preset]
     arch = for_model(model)
     sections = [f.name for f in dataclasses.fields(model)]
     if not isinstance(model_overrides, dict) or set(model_overrides) - set(sections):

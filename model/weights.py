@@ -3,6 +3,8 @@
     load_openclip_vision(model, path)  OpenCLIP (e.g. ViT-bigG-14 laion2b) -> model.vision
     load_hf_qwen_llm(model, path)      HF Qwen-7B folder                  -> model.llm
     load_qwen_vl(model, path)          HF Qwen/Qwen-VL folder             -> the whole model
+    load_qwen2_vl(model, path)         HF Qwen/Qwen2-VL-*-Instruct folder -> a whole `Qwen2VL`
+    save_qwen2_vl(model, folder)       a `Qwen2VL` -> that layout (shards, index, config.json)
 
 `model` is a `QwenVL`, or the part itself (a `VisionEncoder` / `QwenLM`) for the first two. The key
 renaming is the parts' own (model/vision.py, model/adapter.py, model/llm.py); this module reads the
@@ -32,10 +34,14 @@ from typing import Callable, Iterator
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from formats.dialects import QWEN2_VL
 from model.adapter import qwen_vl_to_adapter
+from model.config import Qwen2VLConfig
 from model.llm import convert_hf_qwen_state_dict
+from model.qwen2_vl import hf_key, to_hf_key
 from model.vision import interpolate_pos, openclip_to_vision, qwen_vl_to_vision
 
 INDEX = "model.safetensors.index.json"
@@ -237,6 +243,83 @@ def load_qwen_vl(model: nn.Module, path: str | Path) -> LoadReport:
         return {f"llm.{d}": v for d, v in convert_hf_qwen_state_dict({k: t}).items()} or _why_not_llm(k)
 
     return _load(model, hf_shards(path), convert, str(path))
+
+
+def load_qwen2_vl(model: nn.Module, path: str | Path) -> LoadReport:
+    """A released Qwen2-VL checkpoint folder (HF Qwen/Qwen2-VL-2B-Instruct, -7B-, -72B-) into a `Qwen2VL`:
+    visual.* -> model.vision, model.* and lm_head.weight -> model.llm (model/qwen2_vl.py `hf_key`).
+    Every key must be one of ours: with tied embeddings, an lm_head.weight is an unused key."""
+
+    def convert(k: str, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        ours = hf_key(k)
+        return {} if ours is None else {ours: t}
+
+    return _load(model, hf_shards(path), convert, str(path))
+
+
+def hf_config(cfg: Qwen2VLConfig) -> dict:
+    """The config.json of a released Qwen2-VL checkpoint for `cfg` (its flat layout: the LLM's fields at
+    the top, the ViT's under vision_config), so that transformers' from_pretrained reads our folders."""
+    v, t = cfg.vision, cfg.llm
+    ids = QWEN2_VL.special_ids()
+    return {
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "model_type": "qwen2_vl",
+        "hidden_act": "silu",
+        "hidden_size": t.hidden,
+        "intermediate_size": t.intermediate,
+        "num_hidden_layers": t.layers,
+        "num_attention_heads": t.heads,
+        "num_key_value_heads": t.kv_heads,
+        "vocab_size": t.vocab,
+        "rms_norm_eps": t.rms_norm_eps,
+        "rope_theta": t.rope_theta,
+        "rope_scaling": {"type": "mrope", "mrope_section": list(t.mrope_section)},
+        "tie_word_embeddings": t.tie_word_embeddings,
+        "max_position_embeddings": 32768,
+        "image_token_id": ids[QWEN2_VL.image_pad],
+        "video_token_id": ids[QWEN2_VL.video_pad],
+        "vision_start_token_id": ids[QWEN2_VL.image],
+        "vision_end_token_id": ids[QWEN2_VL.image_end],
+        "vision_config": {
+            "depth": v.depth,
+            "embed_dim": v.embed_dim,
+            "hidden_size": t.hidden,
+            "num_heads": v.heads,
+            "mlp_ratio": v.mlp_ratio,
+            "hidden_act": "quick_gelu",
+            "patch_size": v.patch_size,
+            "temporal_patch_size": v.temporal_patch_size,
+            "spatial_merge_size": v.spatial_merge_size,
+            "in_channels": v.in_channels,
+        },
+    }
+
+
+def save_qwen2_vl(model: nn.Module, folder: str | Path, max_shard_bytes: int = 5 * 10**9) -> None:
+    """A `Qwen2VL` -> `folder` in the released layout: model-0000N-of-0000M.safetensors shards of at most
+    `max_shard_bytes` (unless one tensor is larger; transformers' default 5 GB), model.safetensors.index.json
+    and config.json (`hf_config`). Tensors are written in the model's dtype."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {to_hf_key(k): v.detach() for k, v in model.state_dict().items()}
+    groups: list[list[str]] = [[]]
+    size = 0
+    for k, v in state.items():
+        n = v.numel() * v.element_size()
+        if groups[-1] and size + n > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(k)
+        size += n
+    weight_map = {}
+    for i, keys in enumerate(groups, 1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file({k: state[k].cpu().contiguous() for k in keys}, str(folder / name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(keys, name)
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (folder / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2))
 
 
 def load_own(model: nn.Module, path: str | Path) -> LoadReport:

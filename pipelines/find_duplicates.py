@@ -137,7 +137,11 @@ class FindDuplicates(beam.PTransform):
     def expand(self, members):
         k = self.k
         by_node = members | "ByNode" >> beam.Map(lambda m: (m.phash, m))
-        best = by_node | "BestOfNode" >> beam.CombinePerKey(BestMember())
+        best = (  # keepers travel without `where`: only a duplicate's own is needed to join it back
+            by_node
+            | "WithoutWhere" >> beam.MapTuple(lambda h, m: (h, m._replace(where="")))
+            | "BestOfNode" >> beam.CombinePerKey(BestMember())
+        )
         roots = (
             best
             | "Hashes" >> beam.Keys()

@@ -22,6 +22,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from formats import schemas
+from formats.files import parquet_file
 from pipelines.find_duplicates import member
 from pipelines.sink import parquet_codecs
 
@@ -78,7 +79,7 @@ class WriteWorkFiles(beam.DoFn):
 def read_work_file(path: str):
     """The rows of one work file, a row group at a time."""
     with FileSystems.open(path) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_GROUP):
+        for batch in parquet_file(f).iter_batches(batch_size=ROW_GROUP):
             yield from batch.to_pylist()
 
 

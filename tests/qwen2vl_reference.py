@@ -1,13 +1,14 @@
 """Reference values from the released Qwen2-VL code: transformers 4.57.6 (`Qwen2VLImageProcessor`,
-`smart_resize`, `Qwen2VLModel.get_rope_index`, `Qwen2Tokenizer`) and qwen-vl-utils 0.0.14 (`smart_nframes`,
-`fetch_video`), installed
+`Qwen2VLVideoProcessor`, `smart_resize`, `Qwen2VLModel.get_rope_index`, `Qwen2VLForConditionalGeneration`,
+`Qwen2Tokenizer`) and qwen-vl-utils 0.0.14 (`smart_nframes`, `fetch_video`), installed
 into .reference (`make test` does it: `pip install --target .reference --no-deps ...`).
 
 They run in a child process: transformers 4.57.6 needs huggingface-hub < 1.0, while the venv's is 2.x
 and open_clip imports it into the test process first. The child puts .reference first on sys.path;
 .reference holds no numpy or torch (installed with --no-deps), so the venv's are the ones used.
 
-`reference(name, cases)` runs `name` (one of the functions below) on the JSON-able `cases`.
+`reference(name, cases)` runs `name` (one of the functions below) on the JSON-able `cases`; large arrays
+go both ways through .npy / .safetensors files whose paths the cases name.
 """
 
 import json
@@ -168,6 +169,55 @@ def fetch_video(cases):
     return out
 
 
+def qwen2_vl(cases):
+    """{"folder": a checkpoint folder (config.json, shards, index), "inputs": a .safetensors of input_ids
+    [B, T], position_ids [3, B, T], labels [B, T] (-100: not supervised), pixel_values, image_grid_thw,
+    pixel_values_videos, video_grid_thw; "out": a .safetensors path} -> from_pretrained's loading info
+    ({missing_keys, unexpected_keys, mismatched_keys, error_msgs}) of Qwen2VLForConditionalGeneration
+    (eager attention, fp32) on the folder; its logits and loss, and its vision tower's output on the
+    images and on the videos alone, saved to "out"."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import Qwen2VLForConditionalGeneration
+
+    out = []
+    for case in cases:
+        model, info = Qwen2VLForConditionalGeneration.from_pretrained(
+            case["folder"], attn_implementation="eager", dtype=torch.float32, output_loading_info=True
+        )
+        model.eval()
+        x = load_file(case["inputs"])
+        with torch.no_grad():
+            result = model(**x)
+            images = model.model.visual(x["pixel_values"], grid_thw=x["image_grid_thw"])
+            videos = model.model.visual(x["pixel_values_videos"], grid_thw=x["video_grid_thw"])
+        save_file({"logits": result.logits, "loss": result.loss.reshape(1), "images": images, "videos": videos}, case["out"])
+        out.append({k: sorted(str(v) for v in values) for k, values in info.items()})
+    return out
+
+
+def processors(cases):
+    """{"kind": "image" or "video", "frames": a .npy of [F, H, W, 3] uint8 (an image: F = 1), "min_pixels",
+    "max_pixels", "out": a .npy path} -> the grid_thw of Qwen2VLImageProcessor (an image) or
+    Qwen2VLVideoProcessor (a video) on those frames; their pixel values saved to "out"."""
+    import numpy as np
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    out = []
+    for case in cases:
+        frames = np.load(case["frames"])
+        pixels = {"min_pixels": case["min_pixels"], "max_pixels": case["max_pixels"]}
+        if case["kind"] == "image":
+            result = Qwen2VLImageProcessor(**pixels)(images=[frames[0]], input_data_format="channels_last", return_tensors="np")
+            values, grid = result["pixel_values"], result["image_grid_thw"]
+        else:
+            result = Qwen2VLVideoProcessor(**pixels)(videos=[frames], input_data_format="channels_last", return_tensors="pt")
+            values, grid = result["pixel_values_videos"].numpy(), result["video_grid_thw"]
+        np.save(case["out"], values)
+        out.append(grid[0].tolist())
+    return out
+
+
 def main():
     sys.path.insert(0, str(REFERENCE))
     sys.path.append(str(REFERENCE.parent))  # the project, for the vocabulary's path
@@ -177,7 +227,8 @@ def main():
     for module in (numpy, torch):
         assert REFERENCE not in Path(module.__file__).parents, f"{module.__name__} from {REFERENCE}"
     request = json.load(sys.stdin)
-    functions = {"resize": resize, "rope": rope, "nframes": nframes, "tokenize": tokenize, "video_size": video_size, "fetch_video": fetch_video}
+    functions = {"resize": resize, "rope": rope, "nframes": nframes, "tokenize": tokenize, "video_size": video_size, "fetch_video": fetch_video,
+                 "qwen2_vl": qwen2_vl, "processors": processors}
     print(json.dumps(functions[request["name"]](request["cases"])))
 
 

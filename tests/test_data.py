@@ -202,7 +202,7 @@ def test_packed_rows_of_another_dialect_are_an_error(tmp_path):
     qwen_vl = write(tmp_path / "a.parquet", [dict(row, dialect="qwen-vl")], PACKED, 10)
     assert PackedStream([qwen_vl], 2, epochs=1).rows == 1
     qwen2_vl = write(tmp_path / "b.parquet", [dict(row, dialect="qwen-vl"), dict(row, uid="u2", dialect="qwen2-vl")], PACKED, 10)
-    with pytest.raises(ValueError, match=r"b.parquet: rows in the qwen2-vl dialect: this trainer's model is Qwen-VL \(write the data with --dialect qwen-vl\)$"):
+    with pytest.raises(ValueError, match=r"b.parquet: rows in the qwen2-vl dialect: the qwen-vl model's data is written with --dialect qwen-vl$"):
         PackedStream([qwen_vl, qwen2_vl], 2, epochs=1)
 
 

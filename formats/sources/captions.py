@@ -9,9 +9,7 @@
 
 from collections.abc import Iterator
 
-import pyarrow.parquet as pq
-
-from formats.files import list_files, open_file
+from formats.files import list_files, open_file, parquet_file
 from formats.example import CAPTION, Example, Invalid
 from formats.reasons import FILE_UNREADABLE, MALFORMED, UNSUPPORTED_LANGUAGE
 from formats.sources.records import Malformed, convert_records, error_text, file_name, get_field, id_field, image_table, keyed, lookup, read_json, size_field, text_field
@@ -65,7 +63,7 @@ def _curated_file(path: str) -> Iterator[Example | Invalid]:
     rows = 0
     try:
         with open_file(path, compression=None) as f:
-            parquet = pq.ParquetFile(f)
+            parquet = parquet_file(f)
             columns = [c for c in CURATED_COLUMNS if c in parquet.schema_arrow.names]
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
                 for row in batch.to_pylist():

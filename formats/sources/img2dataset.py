@@ -19,10 +19,9 @@ import tarfile
 from collections.abc import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from formats import reasons
-from formats.files import exists, open_file, tar_samples
+from formats.files import exists, open_file, parquet_file, tar_samples
 from formats.pair import RawPair, Reject
 from formats.sources.records import error_text, file_name
 
@@ -48,7 +47,7 @@ def parquet_batches(path: str, wanted: tuple[str, ...], as_bytes: tuple[str, ...
     """Rows of a Parquet file in small batches, only the columns in `wanted` that it has; the string
     columns named in `as_bytes` come as bytes (a string column can hold bytes that are not UTF-8)."""
     with open_file(path, compression=None) as f:
-        parquet = pq.ParquetFile(f)
+        parquet = parquet_file(f)
         columns = [c for c in parquet.schema_arrow.names if c in wanted]
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
             for i, name in enumerate(batch.schema.names):
