@@ -7,6 +7,7 @@ An entry (`Architecture`) says:
     name          the family ("qwen-vl"); ARCHITECTURES is keyed by it
     config_type   its model config class (model/config.py): `for_model(cfg.model)` finds the entry
     parts         the parts a stage may train or freeze (--trainable)
+    stages        its stage presets, by number (model/config.py STAGES, QWEN2_VL_STAGES)
     build(model_cfg, stage) -> nn.Module
                   the model as trained: forward(*the batch's values in batch_keys order) -> the micro-batch's
                   *summed* loss over its supervised targets; the stage's parts trainable, the others
@@ -31,26 +32,10 @@ An entry (`Architecture`) says:
     count_images(batch) -> int
                   the images of a batch, for the metrics
 
-A Qwen2-VL entry sits next to QWEN_VL the same way; registering it makes --preset take the
-qwen2-vl-* presets (model/config.py QWEN2_VL_PRESETS: `model_presets`). With the names of
-model/qwen2_vl.py and model/qwen2_vl_data.py (Qwen2VLTrainModel: Qwen2VL with forward(...,
-reduction="sum") and the vision tower run on a blank image when a batch has none, as TrainModel does):
-
-    QWEN2_VL = Architecture(
-        name="qwen2-vl",
-        config_type=Qwen2VLConfig,
-        parts=("vision", "llm"),
-        build=lambda cfg, stage: _trainable(Qwen2VLTrainModel(cfg), stage.trainable),
-        blocks=lambda m: [*m.vision.blocks, *m.llm.layers],
-        set_checkpointing=lambda m, on: ...,
-        inits={"init": weights.load_own, "init_qwen_vl": weights.load_qwen2_vl},
-        stream=lambda cfg, stage, files, **kw: Qwen2VLPackedStream(files, stage, cfg.vision, **kw),
-        collate=qwen2_vl_data.collate,
-        batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "images", "image_grids", "videos", "video_grids"),
-        check_stage=lambda stage, cfg: None,
-        count_images=lambda batch: len(batch["image_grids"]),
-    )
-    ARCHITECTURES[QWEN2_VL.name] = QWEN2_VL
+Two entries: QWEN_VL (model/qwen_vl.py) and QWEN2_VL (model/qwen2_vl.py: the vision tower run once per
+micro-batch over its images and videos together, on a blank 2x2 patch grid when it has none; its rows
+read by model/qwen2_vl_data.py). Registering an entry makes --preset take its presets
+(model/config.py PRESETS, QWEN2_VL_PRESETS: `model_presets`) and --stage its stage presets.
 """
 
 from __future__ import annotations
@@ -61,7 +46,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.config import ADAPTER, LLM, VISION, ModelConfig, StageConfig
+from model.config import ADAPTER, LLM, QWEN2_VL_STAGES, STAGES, VISION, ModelConfig, Qwen2VLConfig, StageConfig
+from model.qwen2_vl import Qwen2VL
 from model.qwen_vl import QwenVL
 
 
@@ -72,6 +58,7 @@ class Architecture:
     name: str  # the family: the key in ARCHITECTURES
     config_type: type  # its model config class: for_model() matches on it
     parts: tuple[str, ...]  # what --trainable names
+    stages: dict[int, StageConfig]  # the stage presets --stage picks from
     build: Callable[[object, StageConfig], nn.Module]  # (model config, stage) -> the model as trained (meta-buildable)
     blocks: Callable[[nn.Module], list[nn.Module]]  # the units to compile, recompute and shard
     set_checkpointing: Callable[[nn.Module, bool], None]  # activation checkpointing per block, on or off
@@ -126,17 +113,21 @@ def _qwen_vl_collate(items: list[dict]) -> dict:
     return collate(items)
 
 
+def _lazy_loader(name: str) -> Callable:
+    """model/weights.py's `name`, imported when first called."""
+
+    def load(model, path):
+        from model import weights
+
+        return getattr(weights, name)(model, path)
+
+    load.__name__ = name
+    return load
+
+
 def _qwen_vl_inits() -> dict[str, Callable]:
-    def lazy(name: str) -> Callable:
-        def load(model, path):
-            from model import weights
-
-            return getattr(weights, name)(model, path)
-
-        load.__name__ = name
-        return load
-
-    return {"init": lazy("load_own"), "init_qwen_vl": lazy("load_qwen_vl"), "init_vision": lazy("load_openclip_vision"), "init_llm": lazy("load_hf_qwen_llm")}
+    names = {"init": "load_own", "init_qwen_vl": "load_qwen_vl", "init_vision": "load_openclip_vision", "init_llm": "load_hf_qwen_llm"}
+    return {option: _lazy_loader(name) for option, name in names.items()}
 
 
 def _qwen_vl_check(stage: StageConfig, cfg: ModelConfig) -> str | None:
@@ -151,6 +142,7 @@ QWEN_VL = Architecture(
     name="qwen-vl",
     config_type=ModelConfig,
     parts=(VISION, ADAPTER, LLM),
+    stages=STAGES,
     build=_build_qwen_vl,
     blocks=_qwen_vl_blocks,
     set_checkpointing=lambda model, on: model.set_checkpointing(on),
@@ -162,14 +154,76 @@ QWEN_VL = Architecture(
     count_images=lambda batch: int(batch["images"].shape[0]),
 )
 
-ARCHITECTURES: dict[str, Architecture] = {QWEN_VL.name: QWEN_VL}
+
+
+# --- Qwen2-VL ---------------------------------------------------------------------------------------------
+
+
+class Qwen2VLTrainModel(Qwen2VL):
+    """Qwen2VL whose forward returns the *summed* loss of a micro-batch, and which runs the vision tower
+    once per micro-batch whatever it holds: over its images and videos together, or over one blank 2x2
+    patch grid (its token times 0 added to the loss) when it has none, so that every rank uses every
+    trainable parameter and runs the same FSDP collectives in the same order."""
+
+    def forward(self, input_ids, position_ids, doc_ids, loss_mask, images=None, image_grids=(), videos=None, video_grids=()):
+        unused = 0.0
+        if not (len(image_grids) or len(video_grids)):
+            v = self.cfg.vision
+            m = v.spatial_merge_size
+            blank = torch.zeros(m * m, v.in_channels * v.temporal_patch_size * v.patch_size**2, device=input_ids.device)
+            unused = self.vision(blank, [(1, m, m)]).float().sum() * 0.0
+        loss = super().forward(input_ids, position_ids, doc_ids, loss_mask, images, image_grids, videos, video_grids, reduction="sum")
+        return loss + unused
+
+
+def _build_qwen2_vl(cfg: Qwen2VLConfig, stage: StageConfig) -> Qwen2VLTrainModel:
+    model = Qwen2VLTrainModel(cfg)
+    model.train_only(stage.trainable)
+    return model
+
+
+def _qwen2_vl_stream(cfg: Qwen2VLConfig, stage: StageConfig, files: list[str], **kwargs):
+    from model.qwen2_vl_data import Qwen2VLPackedStream
+
+    return Qwen2VLPackedStream(files, stage, cfg.vision, **kwargs)
+
+
+def _qwen2_vl_collate(items: list[dict]) -> dict:
+    from model.qwen2_vl_data import collate
+
+    return collate(items)
+
+
+def _qwen2_vl_check(stage: StageConfig, cfg: Qwen2VLConfig) -> str | None:
+    if VISION in stage.trainable and stage.vit_layer_decay == 0:
+        return "--vit-layer-decay 0 freezes the ViT, but the stage trains it (trainable includes vision)"
+    return None
+
+
+QWEN2_VL = Architecture(
+    name="qwen2-vl",
+    config_type=Qwen2VLConfig,
+    parts=(VISION, LLM),
+    stages=QWEN2_VL_STAGES,
+    build=_build_qwen2_vl,
+    blocks=lambda model: [*model.vision.blocks, *model.llm.layers],
+    set_checkpointing=lambda model, on: model.set_checkpointing(on),
+    inits={"init": _qwen_vl_inits()["init"], "init_qwen2_vl": _lazy_loader("load_qwen2_vl")},
+    stream=_qwen2_vl_stream,
+    collate=_qwen2_vl_collate,
+    batch_keys=("input_ids", "position_ids", "doc_ids", "loss_mask", "images", "image_grids", "videos", "video_grids"),
+    check_stage=_qwen2_vl_check,
+    count_images=lambda batch: len(batch["image_grids"]) + len(batch["video_grids"]),
+)
+
+ARCHITECTURES: dict[str, Architecture] = {QWEN_VL.name: QWEN_VL, QWEN2_VL.name: QWEN2_VL}
 
 
 def model_presets() -> dict[str, object]:
     """The model presets (model/config.py) of the registered families, by name: what --preset takes."""
     from model import config
 
-    every = {**config.PRESETS, **getattr(config, "QWEN2_VL_PRESETS", {})}
+    every = {**config.PRESETS, **config.QWEN2_VL_PRESETS}
     return {name: cfg for name, cfg in every.items() if any(type(cfg) is arch.config_type for arch in ARCHITECTURES.values())}
 
 

@@ -81,7 +81,7 @@ VISION, ADAPTER, LLM = "vision", "adapter", "llm"  # the parts a stage trains or
 # hundred rows on a CPU, where the paper's global batch (30,720 pairs in stage 1) would need more rows
 # per step than the data holds, and a few row groups give fewer readers than two DataLoader workers
 # (unit_rows 1: every row can go to any reader).
-PRESET_DEFAULTS = {"tiny": {"global_batch": 4, "steps": 4, "warmup_steps": 1, "unit_rows": 1}}
+PRESET_DEFAULTS = {name: {"global_batch": 4, "steps": 4, "warmup_steps": 1, "unit_rows": 1} for name in ("tiny", "qwen2-vl-tiny")}
 
 
 @dataclass(frozen=True)
@@ -174,4 +174,15 @@ QWEN2_VL_PRESETS = {
         _QWEN2_VIT,
         Qwen2LLMConfig(hidden=8192, intermediate=29568, layers=80, heads=64, kv_heads=8, vocab=152_064),
     ),
+}
+
+
+# Qwen2-VL's three stages (Qwen2-VL paper §2.2): the ViT alone on image-text data, then every parameter,
+# then the LLM alone on instruction data with the ViT frozen. The merger (the 2x2 MLP into the LLM) is part
+# of the vision tower. The paper gives no optimizer settings: these are Qwen-VL's stages' (STAGES above),
+# and every stage reads packed rows of the qwen2-vl dialect (images at their own size: no image_size, 0).
+QWEN2_VL_STAGES = {
+    1: StageConfig(1, (VISION,), 0, 2048, 2e-4, 1e-6, 500, 50_000, 30_720, 0.95),
+    2: StageConfig(2, (VISION, LLM), 0, 2048, 5e-5, 1e-5, 400, 19_000, 4096, 0.95),
+    3: StageConfig(3, (LLM,), 0, 2048, 1e-5, 1e-6, 3000, 8000, 128, 0.0),
 }

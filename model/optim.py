@@ -12,6 +12,9 @@ Layer-wise LR decay for the ViT (BEiT's scheme, as Qwen-VL's stage 1 and 2 apply
 0.95): with L blocks and decay d, block i (0-based) trains at lr * d^(L - i), and everything before the
 first block (patch embedding conv1, the position table, ln_pre) at lr * d^(L + 1); the adapter and the
 LLM, above the ViT, at lr itself. So the top block gets d^1 and the patch embedding the smallest factor.
+Qwen2-VL's tower: its blocks the same way, its merger (the projection into the LLM, above the blocks,
+like Qwen-VL's adapter) at lr itself. The vision module names its blocks (`blocks_name`) and what sits
+above them (`top_names`).
 `vit_layer_decay` 0 means a frozen ViT (stage 3); it is an error for a stage that trains the ViT.
 
 Frozen parts (not in the stage's `trainable`) have requires_grad False and are in no group. Each group
@@ -43,12 +46,13 @@ def vit_layer_scales(layers: int, decay: float) -> dict[str, float]:
     return scales
 
 
-def vit_layer_of(name: str) -> str:
-    """A VisionEncoder parameter name (relative to it) -> its layer key in `vit_layer_scales`."""
-    prefix = "trunk.transformer.resblocks."
+def vit_layer_of(name: str, blocks_name: str = "trunk.transformer.resblocks", top_names: tuple[str, ...] = ()) -> str:
+    """A vision parameter name (relative to the vision module) -> its layer key in `vit_layer_scales`:
+    "block.i" in the blocks, "top" above them (scale 1), else "embed"."""
+    prefix = blocks_name + "."
     if name.startswith(prefix):
         return "block." + name[len(prefix) :].split(".", 1)[0]
-    return "embed"
+    return "top" if name.startswith(top_names) else "embed"
 
 
 def decays(param: torch.Tensor) -> bool:
@@ -57,7 +61,7 @@ def decays(param: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, stage: StageConfig) -> list[dict]:
-    """AdamW groups for the trainable parameters of a QwenVL (`model.parts()`), frozen ones left out.
+    """AdamW groups for the trainable parameters of a QwenVL or Qwen2VL (`model.parts()`), frozen ones left out.
 
     Groups: one per (part or ViT layer, decay or not), in model order, each with `params`, `names`
     (their names in the model), `name`, `lr_scale` and `weight_decay`; empty groups are dropped.
@@ -69,12 +73,13 @@ def param_groups(model: nn.Module, stage: StageConfig) -> list[dict]:
     groups: dict[tuple[str, str], dict] = {}
     for part_name, part in model.parts().items():
         if part_name == VISION:
-            scales = vit_layer_scales(len(part.trunk.transformer.resblocks), stage.vit_layer_decay)
+            scales = {**vit_layer_scales(len(part.get_submodule(part.blocks_name)), stage.vit_layer_decay), "top": 1.0}
         for name, param in part.named_parameters():
             if not param.requires_grad:
                 continue
-            layer = f"{part_name}.{vit_layer_of(name)}" if part_name == VISION else part_name
-            scale = scales[vit_layer_of(name)] if part_name == VISION else 1.0
+            key = vit_layer_of(name, part.blocks_name, part.top_names) if part_name == VISION else part_name
+            layer = f"{part_name}.{key}" if part_name == VISION else part_name
+            scale = scales[key] if part_name == VISION else 1.0
             kind = DECAY if decays(param) else NO_DECAY
             group = groups.setdefault(
                 (layer, kind),

@@ -22,6 +22,7 @@ Parameter names are the released checkpoint's with `model.` dropped (lm_head.wei
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import Qwen2LLMConfig
 from model.llm import RMSNorm, apply_rope, document_attention_mask, next_token_loss
@@ -102,6 +103,7 @@ class Qwen2LM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
         self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        self.checkpointing = False  # recompute each layer in backward (set by the trainer)
 
     @property
     def head(self) -> torch.Tensor:
@@ -130,8 +132,9 @@ class Qwen2LM(nn.Module):
         head_dim = self.cfg.hidden // self.cfg.heads
         cos, sin = mrope_cos_sin(position_ids, head_dim, self.cfg.rope_theta, self.cfg.mrope_section)
         mask = document_attention_mask(doc_ids) if document_mask and doc_ids is not None else None
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False) if recompute else layer(x, cos, sin, mask)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

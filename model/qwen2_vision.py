@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import Qwen2VisionConfig
 from model.llm import rotate_half
@@ -203,6 +204,9 @@ class Qwen2VisionTower(nn.Module):
     """Patches of images and videos [N, C*T*p*p] and their grids -> [N / m^2, out_dim] LLM tokens, grid
     after grid in order."""
 
+    blocks_name = "blocks"  # its blocks, for the optimizer's layer-wise LR decay
+    top_names = ("merger.",)  # above the blocks: the projection into the LLM, trained at the full LR
+
     def __init__(self, cfg: Qwen2VisionConfig, out_dim: int):
         super().__init__()
         if cfg.embed_dim % cfg.heads or (cfg.embed_dim // cfg.heads) % 4:
@@ -211,6 +215,7 @@ class Qwen2VisionTower(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
         self.merger = PatchMerger(cfg, out_dim)
+        self.checkpointing = False  # recompute each block in backward (set by the trainer)
 
     def forward(self, patches: torch.Tensor, grids: list[Grid]) -> torch.Tensor:
         grids = [tuple(int(v) for v in g) for g in grids]
@@ -221,6 +226,7 @@ class Qwen2VisionTower(nn.Module):
         angles = rotary_angles(patch_positions(grids, self.cfg.spatial_merge_size).to(x.device), x.shape[-1] // self.cfg.heads)
         emb = torch.cat([angles, angles], dim=-1)  # [N, head_dim], the "rotate half" layout
         cos, sin = emb.cos(), emb.sin()
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin, lengths)
+            x = checkpoint(block, x, cos, sin, lengths, use_reentrant=False) if recompute else block(x, cos, sin, lengths)
         return self.merger(x)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from formats.mrope import IMAGE_PAD_ID, VIDEO_PAD_ID
-from model.config import Qwen2VLConfig
+from model.config import LLM, VISION, Qwen2VLConfig
 from model.llm import RMSNorm
 from model.qwen2_llm import Qwen2LM
 from model.qwen2_vision import INIT_STD, Grid, Qwen2VisionTower
@@ -44,6 +44,29 @@ class Qwen2VL(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     m.bias.zero_()
 
+    def parts(self) -> dict[str, nn.Module]:
+        """What a stage trains or freezes: the vision tower (its merger included) and the LLM."""
+        return {VISION: self.vision, LLM: self.llm}
+
+    def train_only(self, trainable: tuple[str, ...]) -> None:
+        """Freeze every part not named in `trainable` (a stage's preset)."""
+        for name, part in self.parts().items():
+            part.requires_grad_(name in trainable)
+
+    def set_checkpointing(self, on: bool) -> None:
+        """Activation checkpointing per block, in the vision tower and the LLM."""
+        self.vision.checkpointing = self.llm.checkpointing = on
+
+    def vision_tokens(self, images: torch.Tensor | None, image_grids: list[Grid], videos: torch.Tensor | None, video_grids: list[Grid]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LLM tokens of the batch's images and of its videos, from one pass of the vision tower over
+        both (each image and frame pair attends only to itself, so one pass equals one per kind, and every
+        rank runs the tower once per batch)."""
+        patches = [p for p, grids in ((images, image_grids), (videos, video_grids)) if len(grids)]
+        tokens = self.vision(torch.cat(patches), [*image_grids, *video_grids])
+        merge = self.cfg.vision.spatial_merge_size ** 2
+        n_image = sum(t * h * w for t, h, w in image_grids) // merge
+        return tokens[:n_image], tokens[n_image:]
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -56,16 +79,16 @@ class Qwen2VL(nn.Module):
         every image of the batch in order ([N, C*T*p*p], model/qwen2_vision.py), `image_grids` their grids;
         likewise `videos`."""
         x = self.llm.embed(input_ids)
-        for pad, kind, patches, grids in (
-            (IMAGE_PAD_ID, "image", images, image_grids),
-            (VIDEO_PAD_ID, "video", videos, video_grids),
-        ):
+        if not (len(image_grids) or len(video_grids)):
+            tokens = (x.new_zeros(0, x.shape[-1]),) * 2
+        else:
+            tokens = self.vision_tokens(images, image_grids, videos, video_grids)
+        for pad, kind, found, grids in ((IMAGE_PAD_ID, "image", tokens[0], image_grids), (VIDEO_PAD_ID, "video", tokens[1], video_grids)):
             slots = input_ids == pad
-            tokens = self.vision(patches, grids) if len(grids) else x.new_zeros(0, x.shape[-1])  # [n, H]
-            if int(slots.sum()) != tokens.shape[0]:
-                raise ValueError(f"{int(slots.sum())} {kind} pad slots in the batch for {len(grids)} {kind}s of {tokens.shape[0]} tokens")
+            if int(slots.sum()) != found.shape[0]:
+                raise ValueError(f"{int(slots.sum())} {kind} pad slots in the batch for {len(grids)} {kind}s of {found.shape[0]} tokens")
             if len(grids):
-                x = x.masked_scatter(slots.unsqueeze(-1), tokens.to(x.dtype))
+                x = x.masked_scatter(slots.unsqueeze(-1), found.to(x.dtype))
         return x
 
     def hidden(

@@ -91,7 +91,7 @@ from model.llm import supervised_targets
 from model.optim import lr_at, make_optimizer, set_lr
 from model.parallel import Dist, all_reduce, autocast_for, parallelize, set_precision, setup_distributed, world_from_env
 from model.train_checkpoint import set_optimizer as load_optimizer  # noqa: F401  (a full optimizer state dict in)
-from model.train_config import PROG, RunConfig, build_parser, check_resume, data_files, resolve  # noqa: F401
+from model.train_config import INITS, PROG, RunConfig, build_parser, check_resume, data_files, resolve  # noqa: F401
 
 
 # --- the model --------------------------------------------------------------------------------------------
@@ -104,9 +104,9 @@ def init_model(cfg: RunConfig) -> torch.nn.Module:
 
 
 def load_init_weights(model: torch.nn.Module, cfg: RunConfig) -> list[str]:
-    """--init / --init-vision / --init-llm / --init-qwen-vl through the plug-in's loaders; the loads' reports."""
+    """The --init-* weights through the plug-in's loaders; the loads' reports."""
     arch = for_model(cfg.model)
-    wanted = [(k, getattr(cfg, k)) for k in ("init", "init_qwen_vl", "init_vision", "init_llm") if getattr(cfg, k)]
+    wanted = [(k, getattr(cfg, k)) for k in INITS if getattr(cfg, k)]
     reports = []
     for key, path in wanted:
         try:
@@ -292,7 +292,7 @@ def train(cfg: RunConfig) -> dict:
         wrapped = parallelize(model, arch, cfg.compile, cfg.checkpointing, cfg.fsdp, d, load=lambda m: train_checkpoint.load_model(m, resume_from))
         start_step = record["step"]
         progress = {"tokens": record["tokens"], "elapsed": record["elapsed"]}
-        if any(getattr(cfg, k) for k in ("init_vision", "init_llm", "init_qwen_vl", "init")):
+        if any(getattr(cfg, k) for k in INITS):
             cfg.notes.append(f"--init-* ignored: the weights come from {resume_from}")
     cuda = d.device.type == "cuda"
     set_precision(d.device)

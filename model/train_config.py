@@ -44,11 +44,10 @@ RUN_DEFAULTS = {
     "checkpointing": False,
     "fsdp": False,
     "resume": False,
-    "init_vision": None,
-    "init_llm": None,
-    "init_qwen_vl": None,
-    "init": None,
+    **{name: None for name in ("init_vision", "init_llm", "init_qwen_vl", "init_qwen2_vl", "init")},
 }
+INITS = ("init", "init_qwen_vl", "init_qwen2_vl", "init_vision", "init_llm")  # the --init-* options
+WHOLE_MODEL_INITS = ("init", "init_qwen_vl", "init_qwen2_vl")  # each loads every weight of the model
 # what may differ between a checkpoint's config and the run that resumes it
 RESUME_MAY_CHANGE = ("steps", "micro_batch", "accumulation", "save_every", "keep_last", "stop_at", "compile", "checkpointing", "fsdp", "resume", "output",
                      "world_size", "num_workers")  # the checkpoint reshards on load (model/train_checkpoint.py, model/data.py reshard_state)
@@ -59,7 +58,7 @@ def build_parser() -> ArgumentParser:
                        epilog="REQUIRED: --stage, --data, --preset and --output, on the command line or in --config. "
                               "Options left out take the stage and model presets' values (model/config.py).")
     a = p.add_argument
-    a("--stage", type=int, choices=sorted(STAGES), help="REQUIRED: 1, 2 or 3 (model/config.py STAGES)")
+    a("--stage", type=int, choices=sorted(STAGES), help="REQUIRED: 1, 2 or 3 (model/config.py STAGES, QWEN2_VL_STAGES)")
     a("--data", action="append", metavar="GLOB", help="REQUIRED: Parquet folder, file or glob (repeatable): stage 1 curated/, stages 2 and 3 packed/")
     a("--preset", help=f"REQUIRED: model size: {', '.join(model_presets())}")
     a("--output", metavar="DIR", help="REQUIRED: checkpoints, metrics.jsonl, config.json")
@@ -68,6 +67,7 @@ def build_parser() -> ArgumentParser:
     a("--init-vision", metavar="PATH", help="OpenCLIP checkpoint for the ViT (model/weights.py)")
     a("--init-llm", metavar="PATH", help="HF Qwen checkpoint folder for the LLM")
     a("--init-qwen-vl", metavar="PATH", help="HF Qwen-VL checkpoint folder for the whole model")
+    a("--init-qwen2-vl", metavar="PATH", help="HF Qwen2-VL checkpoint folder (the released layout) for the whole model")
     a("--init", metavar="PATH", help="our own checkpoint for the whole model (a run folder or step-N): the previous stage's")
     a("--micro-batch", type=int, metavar="B", help="sequences per forward per process (default 1)")
     a("--global-batch", type=int, metavar="G", help="sequences per optimizer step, all processes")
@@ -83,7 +83,7 @@ def build_parser() -> ArgumentParser:
     a("--eps", type=float, help="AdamW epsilon")
     a("--weight-decay", type=float, help="AdamW weight decay")
     a("--grad-clip", type=float, help="max gradient norm (0: no clipping)")
-    a("--trainable", help="comma-separated parts: vision, adapter, llm")
+    a("--trainable", help="comma-separated parts: vision, adapter, llm (Qwen2-VL: vision, llm)")
     a("--compile", action="store_true", default=None, help="torch.compile each transformer block")
     a("--checkpointing", action="store_true", default=None, help="activation checkpointing per block")
     a("--fsdp", action="store_true", default=None, help="FSDP2 instead of DDP under torchrun")
@@ -122,6 +122,7 @@ class RunConfig:
     init_vision: str | None
     init_llm: str | None
     init_qwen_vl: str | None
+    init_qwen2_vl: str | None
     init: str | None
     config_file: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -212,7 +213,7 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
         model = dataclasses.replace(model, **{section: dataclasses.replace(sub, **values)})
 
     # the stage
-    stage = STAGES[merged["stage"]]
+    stage = arch.stages[merged["stage"]]
     changes = {}
     for name in STAGE_FIELDS:
         if name not in merged:
@@ -253,8 +254,8 @@ def resolve(args: argparse.Namespace, world_size: int) -> RunConfig:
             f"global batch {stage.global_batch} is not a multiple of micro-batch {run['micro_batch']} x "
             f"{world_size} process(es) = {per_step}"
         )
-    inits = [k for k in ("init_vision", "init_llm", "init_qwen_vl", "init") if run[k]]
-    whole = [k for k in ("init_qwen_vl", "init") if run[k]]
+    inits = [k for k in INITS if run[k]]
+    whole = [k for k in WHOLE_MODEL_INITS if run[k]]
     if whole and len(inits) > 1:
         raise UsageError(f"--{whole[0].replace('_', '-')} loads the whole model: not with another --init-* option")
     for k in inits:
@@ -315,7 +316,7 @@ def check_resume(saved: dict, cfg: RunConfig, where: Path) -> list[str]:
                 a, b = saved["stage"].get(k), now["stage"].get(k)
                 if a != b:
                     (notes if k in RESUME_MAY_CHANGE else wrong).append(f"stage.{k} {a!r} -> {b!r}")
-        elif key in RESUME_MAY_CHANGE or key in ("config_file", "data", "init_vision", "init_llm", "init_qwen_vl", "init"):
+        elif key in RESUME_MAY_CHANGE or key in ("config_file", "data", *INITS):
             if key not in ("resume",):
                 notes.append(f"{key} {saved.get(key)!r} -> {now.get(key)!r}")
         else:

@@ -68,6 +68,9 @@ def interpolate_pos(table: torch.Tensor, grid: int | tuple[int, int]) -> torch.T
 class VisionEncoder(nn.Module):
     """Images [B, 3, H, W] -> patch tokens [B, (H/p)*(W/p), width]; no class token, no final norm."""
 
+    blocks_name = "trunk.transformer.resblocks"  # its blocks, for the optimizer's layer-wise LR decay
+    top_names: tuple[str, ...] = ()  # parameters above the blocks (trained at the full LR)
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
