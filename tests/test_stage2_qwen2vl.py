@@ -172,3 +172,19 @@ def test_an_image_of_aspect_ratio_above_200_is_a_reject(tmp_path):
     [row] = make.process(Example("caption", "coco", "o", image="ok.png", text="A line."), source)
     assert (row["image_sizes"], row["image_grid_thw"]) == ([[28, 812]], [[1, 2, 58]])  # scaled up to 4 tokens' area, then rounded
     assert row["input_ids"].count(IMAGE_PAD) == 29
+
+
+def test_the_readme_qwen2_vl_training_command_runs_on_the_pipelines_output(runs, tmp_path):
+    """The README's qwen2-vl-tiny line on this run's packed/ (images of many sizes and videos)."""
+    import shlex
+    from pathlib import Path
+
+    from model import train
+
+    root, _, _ = runs
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [line] = [line for line in readme.splitlines() if line.startswith("python -m model.train ") and "--preset qwen2-vl-tiny" in line]
+    argv = [arg.replace("demo/stage2-qwen2vl/", f"{root / 'q2'}/").replace("runs/", f"{tmp_path}/") for arg in shlex.split(line)[3:]]
+    assert train.main(argv + ["--num-workers", "0"]) == 0
+    metrics = [json.loads(m) for m in (tmp_path / "q2-tiny-s2" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and sum(m["images"] for m in metrics) > 0
