@@ -31,8 +31,12 @@ Qwen2-VL, as its released chat template writes it (no picture numbers, the span 
 Supervised: Qwen-VL, as finetune.py masks it: the assistant's content, and <|im_start|>, <|im_end|> and
 the newline after it in every turn (system and user too); the role words with their newline, the system
 message and the user's content are not. Qwen2-VL, as qwen-vl-finetune's data_qwen.py masks it: only the
-assistant's content with its <|im_end|> and newline. Adjacent segments with the same flag are joined, so
-the segments alternate. Nothing follows the last turn (the trainer pads with <|endoftext|>, unsupervised).
+assistant's content with its <|im_end|> and newline. Adjacent segments with the same flag are joined,
+except where the tokenizer must not merge across: the tokenizer encodes segment by segment, so a turn's
+content starts a segment of its own in Qwen-VL (finetune.py tokenizes the role line, the newline and
+the value apart: a value that begins with a newline gives `\n`, `\n` (198, 198), not `\n\n` (271)),
+while Qwen2-VL's chat template renders the whole turn as one string. Nothing follows the last turn (the
+trainer pads with <|endoftext|>, unsupervised).
 
 Images, Qwen-VL: each `<img>PATH</img>` in a user turn becomes `Picture N: <img>PATH</img>\n`, N counting
 from 1 across the whole conversation (a path shown again is a new picture). A `Picture K: ` already
@@ -103,21 +107,21 @@ class Chat:
         return "".join(text for text, _ in self.segments)
 
 
-def _add(segments: list[Segment], text: str, supervised: bool) -> None:
-    if segments and segments[-1][1] == supervised:
+def _add(segments: list[Segment], text: str, supervised: bool, join: bool = True) -> None:
+    if join and segments and segments[-1][1] == supervised:
         segments[-1] = (segments[-1][0] + text, supervised)
     else:
         segments.append((text, supervised))
 
 
 def _add_turn(segments: list[Segment], role: str, content: str, dialect: Dialect) -> None:
-    markers = dialect.supervise_turn_markers
+    markers, join = dialect.supervise_turn_markers, not dialect.chat_content_apart
     _add(segments, "<|im_start|>", markers)
+    _add(segments, f"{role}\n", False)
     if role == "assistant":
-        _add(segments, "assistant\n", False)
-        _add(segments, content + "<|im_end|>\n", True)
+        _add(segments, content + "<|im_end|>\n", True, join)
     else:
-        _add(segments, f"{role}\n{content}", False)
+        _add(segments, content, False, join)
         _add(segments, "<|im_end|>\n", markers)
 
 

@@ -53,6 +53,7 @@ class Dialect:
     specials: tuple[str, ...]  # the special tokens, in id order after the BPE ranks
     picture_prefix: bool  # chats: `Picture N: ` before each image and a newline after it (formats/chatml.py)
     supervise_turn_markers: bool  # chats: <|im_start|> and <|im_end|>\n supervised in every turn, not only the assistant's
+    chat_content_apart: bool  # chats: a turn's content tokenized apart from its role line (no BPE merge across)
 
     def special_ids(self) -> dict[str, int]:
         """Each special token's id."""
@@ -80,6 +81,7 @@ QWEN_VL = Dialect(
     specials=(ENDOFTEXT, IM_START, IM_END) + EXTRAS + (REF, REF_END, BOX, BOX_END, QUAD, QUAD_END, IMG, IMG_END, IMGPAD),
     picture_prefix=True,  # Qwen-VL's finetune.py and chat format
     supervise_turn_markers=True,  # finetune.py's mask
+    chat_content_apart=True,  # finetune.py: tokenizer(role) + nl + tokenizer(value)
 )
 
 QWEN2_VL = Dialect(
@@ -100,6 +102,7 @@ QWEN2_VL = Dialect(
     + ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"),
     picture_prefix=False,  # the released chat template puts the span inline
     supervise_turn_markers=False,  # Qwen's qwen-vl-finetune (data_qwen.py): the assistant's content and <|im_end|>\n only
+    chat_content_apart=False,  # its chat template renders a whole turn, tokenized as one string
 )
 
 DIALECTS = {d.name: d for d in (QWEN_VL, QWEN2_VL)}

@@ -4,7 +4,7 @@ from formats.chatml import Chat, render
 from formats.dialects import QWEN2_VL, QWEN_VL
 from formats.example import Invalid
 
-SYSTEM = [("<|im_start|>", True), ("system\nYou are a helpful assistant.", False)]
+SYSTEM = [("<|im_start|>", True), ("system\n", False), ("You are a helpful assistant.", False)]
 
 
 def test_one_turn_with_an_image():
@@ -21,7 +21,8 @@ def test_one_turn_with_an_image():
         SYSTEM
         + [
             ("<|im_end|>\n<|im_start|>", True),
-            ("user\nPicture 1: <img>dogs/1.jpg</img>\nWhat breed is this?", False),
+            ("user\n", False),
+            ("Picture 1: <img>dogs/1.jpg</img>\nWhat breed is this?", False),
             ("<|im_end|>\n<|im_start|>", True),
             ("assistant\n", False),
             ("A Border Collie.<|im_end|>\n", True),
@@ -51,11 +52,13 @@ def test_pictures_count_across_turns_and_aliases():
     assert chat.images == ["a.jpg", "b.jpg", "c.jpg", "a.jpg"]
     assert chat.segments == SYSTEM + [
         ("<|im_end|>\n<|im_start|>", True),
-        ("user\nPicture 1: <img>a.jpg</img>\nPicture 2: <img>b.jpg</img>\nWhich is older?", False),
+        ("user\n", False),
+        ("Picture 1: <img>a.jpg</img>\nPicture 2: <img>b.jpg</img>\nWhich is older?", False),
         ("<|im_end|>\n<|im_start|>", True),
         ("assistant\n", False),
         ("The first.<|im_end|>\n<|im_start|>", True),
-        ("user\nPicture 3: <img>c.jpg</img>\nAnd this one? Also Picture 4: <img>a.jpg</img>\n", False),
+        ("user\n", False),
+        ("Picture 3: <img>c.jpg</img>\nAnd this one? Also Picture 4: <img>a.jpg</img>\n", False),
         ("<|im_end|>\n<|im_start|>", True),
         ("assistant\n", False),
         ("<ref>It</ref><box>(1,2),(3,4)</box> is new.<|im_end|>\n", True),
@@ -75,9 +78,11 @@ def test_system_turn_and_text_only():
         "data.json:3",
         [
             ("<|im_start|>", True),
-            ("system\nAnswer briefly.", False),
+            ("system\n", False),
+            ("Answer briefly.", False),
             ("<|im_end|>\n<|im_start|>", True),
-            ("user\nHi", False),
+            ("user\n", False),
+            ("Hi", False),
             ("<|im_end|>\n<|im_start|>", True),
             ("assistant\n", False),
             ("Hello.<|im_end|>\n", True),
@@ -85,7 +90,7 @@ def test_system_turn_and_text_only():
         [],
     )
     record = {"conversations": record["conversations"][1:]}
-    assert render(record, "sft", system="Be terse.").segments[1] == ("system\nBe terse.", False)
+    assert render(record, "sft", system="Be terse.").segments[2] == ("Be terse.", False)
 
 
 def _turns(*pairs):
