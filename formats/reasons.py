@@ -132,7 +132,7 @@ VIDEO_TOO_SHORT = "video_too_short"  # fewer than 2 frames decode: not one tempo
 TOO_LONG = "too_long"  # a sample longer than the sequence that cannot be cut (it has an image)
 EMPTY = "empty"  # a sample with no tokens
 
-# Export to other trainers' layouts (formats/conversations.py); IMAGE_MISSING, IMAGE_UNREADABLE and
+# Export to other trainers' layouts (formats/row_messages.py); IMAGE_MISSING, IMAGE_UNREADABLE and
 # UNSUPPORTED_LANGUAGE above also apply.
 NO_SUPERVISED_PART = "no_supervised_part"  # a sample whose loss mask supervises nothing: no assistant turn
 NO_PROMPT = "no_prompt"  # a sample supervised from its first token (pure text): no user turn

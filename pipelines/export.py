@@ -3,7 +3,7 @@
     python beam_runner.py export --from sft/samples --to llamafactory --output export-lf/ [--dialect qwen2-vl]
     python beam_runner.py export --from stage1/curated --to webdataset --output export-wds/ [--shard-size 10000]
 
-Each row becomes a conversation (formats/conversations.py), written as:
+Each row becomes a conversation (formats/row_messages.py), written as:
 - `llamafactory` (LLaMA-Factory data/README.md, sharegpt format with role/content tags): OUT/data/*.jsonl,
   one `{"messages": [...], "images": ["images/UID-0.jpg"]}` a line, the images as files under OUT/images/
   (paths relative to OUT, which LLaMA-Factory takes as its dataset_dir and media_dir), and
@@ -40,7 +40,7 @@ from apache_beam.metrics import Metrics
 
 from cli.usage import ArgumentParser, UsageError
 from formats import schemas
-from formats.conversations import Conversation, check_images, curated_conversation, row_dialect, sample_conversation
+from formats.row_messages import Conversation, check_images, curated_conversation, row_dialect, sample_conversation
 from formats.dialects import DIALECTS, get_dialect
 from formats.example import CAPTION, Invalid
 from formats.files import is_dir, list_files, open_file, parquet_file
