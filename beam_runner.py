@@ -8,6 +8,7 @@
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
+    python beam_runner.py export --from DIR --to llamafactory|swift|webdataset --output DIR [--dialect qwen-vl|qwen2-vl] [--shard-size 10000]
     python beam_runner.py report DIR   (a stage1, stage2 or sft output)
     python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200] [--reason R] [--task T]
 
@@ -121,6 +122,16 @@ def sft(argv: list[str]) -> None:
     stage2(argv, chat=True)
 
 
+def export(argv: list[str]) -> None:
+    from pipelines import export as export_lib
+
+    started = time.perf_counter()
+    report = export_lib.run(argv)
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in report["rejected_by_reason"].items()) or "none"
+    print(f"export: {report['exported']:,} rows, {report['images']:,} images in {report['shards']:,} shards to {report['settings']['output']} "
+          f"in {time.perf_counter() - started:.1f} s; rejected: {reasons}")
+
+
 def report(argv: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
@@ -179,6 +190,7 @@ COMMANDS = {
     "stage1": stage1,
     "stage2": stage2,
     "sft": sft,
+    "export": export,
     "report": report,
     "inspect": inspect,
 }

@@ -131,3 +131,11 @@ VIDEO_TOO_SHORT = "video_too_short"  # fewer than 2 frames decode: not one tempo
 # Packing (formats/packing.py).
 TOO_LONG = "too_long"  # a sample longer than the sequence that cannot be cut (it has an image)
 EMPTY = "empty"  # a sample with no tokens
+
+# Export to other trainers' layouts (formats/row_messages.py); IMAGE_MISSING, IMAGE_UNREADABLE and
+# UNSUPPORTED_LANGUAGE above also apply.
+NO_SUPERVISED_PART = "no_supervised_part"  # a sample whose loss mask supervises nothing: no assistant turn
+NO_PROMPT = "no_prompt"  # a sample supervised from its first token (pure text): no user turn
+SUPERVISED_TEXT_MISMATCH = "supervised_text_mismatch"  # the supervised ids decoded are not the end of the row's text
+CHAT_NOT_CHATML = "chat_not_chatml"  # a chat row whose text is not ChatML turns of system, user, assistant
+VIDEO_NOT_EXPORTED = "video_not_exported"  # a row with a video: the layouts take video files, the row holds resampled frames
