@@ -8,8 +8,10 @@
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
+    python beam_runner.py sft-build --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR
+        [--mode multi-turn,multi-image,task] [--max-turns 4] [--text FILE --text-ratio 0.2] [--seed 0]
     python beam_runner.py export --from DIR --to llamafactory|swift|webdataset --output DIR [--dialect qwen-vl|qwen2-vl] [--shard-size 10000]
-    python beam_runner.py report DIR   (a stage1, stage2 or sft output)
+    python beam_runner.py report DIR   (a stage1, stage2, sft or sft-build output)
     python beam_runner.py inspect PATH [--rows 5] [--render OUT.html] [--limit 200] [--reason R] [--task T]
 
 `python beam_runner.py --help` prints this list; each command takes --help. Bad usage prints one line,
@@ -122,6 +124,14 @@ def sft(argv: list[str]) -> None:
     stage2(argv, chat=True)
 
 
+def sft_build(argv: list[str]) -> None:
+    from pipelines import sft_build as sft_build_lib
+
+    started = time.perf_counter()
+    report = sft_build_lib.run(argv)
+    print(f"\nsft-build: {report['total']['conversations']:,} conversations in {time.perf_counter() - started:.1f} s")
+
+
 def export(argv: list[str]) -> None:
     from pipelines import export as export_lib
 
@@ -136,15 +146,19 @@ def report(argv: list[str]) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from pipelines import stage1_report
+    from pipelines.sft_build import format_report as format_sft_build_report
     from pipelines.stage2 import format_report as format_stage2_report
 
     parser = ArgumentParser(prog="beam_runner.py report", description="Print a run's report again (stage 1: and draw its funnel).")
-    parser.add_argument("dir", help="a stage1, stage2 or sft --output folder")
+    parser.add_argument("dir", help="a stage1, stage2, sft or sft-build --output folder")
     parser.add_argument("--chart", help="stage 1: where to write the funnel chart (default DIR/funnel.png)")
     args = parser.parse_args(argv)
     if not FileSystems.exists(FileSystems.join(args.dir, "report.json")):
         raise UsageError(f"no report.json in {args.dir}")
     data = stage1_report.read_report(args.dir)
+    if data.get("stage") == "sft-build":
+        print(format_sft_build_report(data))
+        return
     if data.get("stage") in ("stage2", "sft"):
         if args.chart:
             raise UsageError(f"--chart: {args.dir} is a {data['stage']} run; the funnel chart is stage 1's")
@@ -190,6 +204,7 @@ COMMANDS = {
     "stage1": stage1,
     "stage2": stage2,
     "sft": sft,
+    "sft-build": sft_build,
     "export": export,
     "report": report,
     "inspect": inspect,

@@ -133,7 +133,7 @@ def check(example: Example) -> Invalid | None:
     return None
 
 
-def _tag_spans(example: Example, dialect: Dialect) -> str:
+def tag_spans(example: Example, dialect: Dialect) -> str:
     """The text with each grounded phrase in ref tags followed by its regions."""
     out, end = [], 0
     for span in example.spans:
@@ -156,7 +156,7 @@ def render(example: Example, dialect: Dialect = QWEN_VL) -> list[Segment]:
         "text": example.text,
         "question": example.question,
         "regions": "".join(render_region(dialect, r) for r in example.regions),
-        "spans": _tag_spans(example, dialect) if example.task == GROUNDING else "",
+        "spans": tag_spans(example, dialect) if example.task == GROUNDING else "",
         "lines": "".join(f"{dialect.ref}{line}{dialect.ref_end}{render_region(dialect, r)}" for line, r in example.lines),
         "ref": dialect.ref,
         "ref_end": dialect.ref_end,

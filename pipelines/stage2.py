@@ -361,20 +361,33 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+class ReadSource(beam.PTransform):
+    """A Source's records, spread over the workers: its converter's Examples and Invalids (with `chat`,
+    the fine-tuning file's (index, record) pairs). Its files are listed in the pipeline, a worker each."""
+
+    def __init__(self, source: Source, chat: bool = False):
+        super().__init__()
+        self.source, self.chat = source, chat
+
+    def expand(self, p):
+        source, chat = self.source, self.chat
+        return (
+            p
+            | "Path" >> beam.Create([source.path])
+            | "Files" >> beam.FlatMap(source_files, None if chat else source.format)
+            | "SpreadFiles" >> Spread()
+            | "Convert" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
+            | "Spread" >> Spread()
+        )
+
+
 def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: bool = False):
     """Add the stage-2 (or, with `chat`, the sft) graph to pipeline `p`."""
     seq_len, group = settings["seq_len"], settings["pack_group"]
     branches = []
     for i, source in enumerate(sources):
         label = f"{source.task}:{source.format}[{i}]"
-        read = (
-            p
-            | f"Path[{label}]" >> beam.Create([source.path])
-            | f"Files[{label}]" >> beam.FlatMap(source_files, None if chat else source.format)
-            | f"SpreadFiles[{label}]" >> Spread()
-            | f"Convert[{label}]" >> beam.FlatMap(read_chat if chat else lambda path, s: convert(s.task, s.format, path), source)
-            | f"Spread[{label}]" >> Spread()
-        )
+        read = p | f"Read[{label}]" >> ReadSource(source, chat)
         vocabulary = None if settings["tokenizer_from_package"] else settings["tokenizer"]  # a worker's own wheel
         make = MakeChatSamples(vocabulary, settings) if chat else MakeSamples(vocabulary, settings)
         made = read | f"Samples[{label}]" >> beam.ParDo(make, source).with_outputs(REJECTED, main="samples")
@@ -438,7 +451,7 @@ def _json_line(line: str, source: Source, where: str):
         return Invalid(source.format, where, MALFORMED, f"not JSON ({e})")
 
 
-def _parse_source(spec: str, images: dict[str, str]) -> Source:
+def parse_source(spec: str, images: dict[str, str]) -> Source:
     """TASK:FORMAT=PATH -> a Source whose image folder is --images FORMAT=DIR, else PATH's folder."""
     head, sep, path = spec.partition("=")
     task, colon, fmt = head.partition(":")
@@ -470,7 +483,8 @@ def _files(fmt: str, path: str) -> tuple[str, ...]:
     return files
 
 
-def _parse_images(specs: list[str]) -> dict[str, str]:
+def parse_images(specs: list[str]) -> dict[str, str]:
+    """--images FORMAT=FOLDER ... -> {format: folder}."""
     images = {}
     for spec in specs:
         fmt, sep, folder = spec.partition("=")
@@ -526,8 +540,8 @@ def prepare(argv: list[str], chat: bool):
         name = os.path.splitext(os.path.basename(args.input))[0]
         sources = [Source(CHAT, name, args.input, args.images or os.path.dirname(args.input) or ".", (args.input,))]
     else:
-        images = _parse_images(args.images)
-        sources = [_parse_source(spec, images) for spec in args.source]
+        images = parse_images(args.images)
+        sources = [parse_source(spec, images) for spec in args.source]
     settings = {
         "stage": "sft" if chat else "stage2",
         "sources": [{**s._asdict(), "files": len(s.files)} for s in sources],
