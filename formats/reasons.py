@@ -98,7 +98,6 @@ CHAT_BAD_IMAGE_TAG = "chat_bad_image_tag"
 CHAT_IMAGE_NOT_IN_USER = "chat_image_not_in_user"
 CHAT_MEDIA_COUNT = "chat_media_count"  # <image>/<video> placeholders and the images/videos listed differ in number
 CHAT_TEXT_HAS_IMAGE = "chat_text_has_image"  # sft-build --text: a pure-text dialogue that shows an image or video
-IMAGE_NOT_A_FILE = "image_not_a_file"  # sft-build: the example carries its image's bytes (a GRIT tar), no file a conversation can show
 
 # Images and tokens (pipelines/stage2.py); IMAGE_MISSING and IMAGE_UNREADABLE above also apply, and
 # IMAGE_ASPECT_RATIO is a Qwen2-VL image whose sides differ by more than 200 times (its processor refuses it).

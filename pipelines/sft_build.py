@@ -11,7 +11,10 @@ which `sft --input` reads as it is, beside rejected/ and report.json.
 The graph: each --source is read by its converter as stage 2 reads it (pipelines/stage2.ReadSource);
 each example's image is read for its size (the annotations' size where they give it) and to prove it is
 there, its boxes put on the 1000 grid, and the example checked as stage 2 renders it; its `image` becomes
-the image's full path (absolute when local), so the conversations need no --images. Then:
+the image's full path (absolute when local), so the conversations need no --images. An image the
+example carries as bytes (our curated rows, GRIT's tars) is written once to OUT/images/, named by the
+SHA-256 of its bytes (a retried bundle writes the same file; one image shown by several examples is one
+file and one key below). Then:
 - multi-turn and task concatenation: a GroupByKey on the image's path; one key holds one image's
   examples (a few dozen in VQAv2 or RefCOCO), so a worker's memory is bounded per image, not per run;
 - multi-image: the captions in hash buckets of their image's path, about MULTI_IMAGE_GROUP captions a
@@ -24,6 +27,7 @@ stage 2 (rejected/samples-TASK-*.parquet), counted in report.json.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -37,7 +41,7 @@ from formats.boxes import normalize_example
 from formats.example import CAPTION, TEXT, Example, Invalid
 from formats.files import exists, join
 from formats.ids import pair_uid
-from formats.reasons import IMAGE_NOT_A_FILE
+from formats.row_messages import image_extension
 from formats.templates import check
 from pipelines.runner import pipeline_options
 from pipelines.sink import REJECTED, GroupByUid, clear_outputs
@@ -45,7 +49,7 @@ from pipelines.stage2 import PACK_GROUP, ReadSource, Source, parse_images, parse
 
 CHAT_FILE = "chat.jsonl"
 MULTI_IMAGE_GROUP = 1024  # captions per multi-image bucket
-UNSUPPORTED_FORMATS = ("curated", "video")  # images carried in the rows, or videos: no image file to show
+UNSUPPORTED_FORMATS = ("video",)  # videos: Qwen-VL's conversations show images only
 
 
 def image_path(folder: str, name: str) -> str:
@@ -54,14 +58,25 @@ def image_path(folder: str, name: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def write_carried_image(data: bytes, output: str) -> str:
+    """An image an example carries as bytes -> its file OUT/images/SHA256.EXT (written when missing)."""
+    name = f"{hashlib.sha256(data).hexdigest()}.{image_extension(data) or 'bin'}"
+    path = image_path(FileSystems.join(output, "images"), name)
+    if not FileSystems.exists(path):
+        with FileSystems.create(path) as f:
+            f.write(data)
+    return path
+
+
 class PrepareExamples(beam.DoFn):
-    """A converter's Examples -> (image path, the example normalized, `image` its full path); a converter's
-    Invalid, an image carried as bytes (`image_not_a_file`), missing or unreadable, a bad box or an
-    example stage 2 cannot render -> a reject."""
+    """A converter's Examples -> (image path, the example normalized, `image` its full path; an image it
+    carries as bytes written to OUT/images/ first); a converter's Invalid, an image missing or unreadable,
+    a bad box or an example stage 2 cannot render -> a reject."""
+
+    def __init__(self, output: str):
+        self.output = output
 
     def process(self, item, source: Source):
-        if isinstance(item, Example) and item.image_bytes is not None:
-            item = Invalid(item.source, item.key, IMAGE_NOT_A_FILE, f"{item.image}: its bytes are in the annotations, not a file")
         if not isinstance(item, Invalid):
             found = read_image(item, source.images)
             if not isinstance(found, Invalid):
@@ -72,8 +87,11 @@ class PrepareExamples(beam.DoFn):
             Metrics.counter("sft_build", item.reason).inc()
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(source.task, item))
             return
-        path = image_path(source.images, item.image)
-        yield path, dataclasses.replace(item, image=path)
+        if item.image_bytes is not None:
+            path = write_carried_image(item.image_bytes, self.output)
+        else:
+            path = image_path(source.images, item.image)
+        yield path, dataclasses.replace(item, image=path, image_bytes=None)
 
 
 def text_source(path: str) -> Source:
@@ -135,7 +153,7 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict):
     for i, source in enumerate(sources):
         label = f"{source.task}:{source.format}[{i}]"
         read = p | f"Read[{label}]" >> ReadSource(source)
-        prepared.append(read | f"Prepare[{label}]" >> beam.ParDo(PrepareExamples(), source).with_outputs(REJECTED, main="examples"))
+        prepared.append(read | f"Prepare[{label}]" >> beam.ParDo(PrepareExamples(output), source).with_outputs(REJECTED, main="examples"))
     examples = [b.examples for b in prepared] | "AllExamples" >> beam.Flatten()
     rejected = [b[REJECTED] for b in prepared]
     built = []

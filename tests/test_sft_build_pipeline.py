@@ -2,6 +2,7 @@
 file, then sft on what it wrote; and its usage errors."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,13 +51,10 @@ def test_conversations_of_every_mode_trace_back_to_converted_examples(built):
 def test_bad_records_are_rejected_rows_with_their_reasons(built):
     root, manifest, report = built
     rows = pq.read_table(root / "out" / "rejected").to_pylist()
-    # GRIT's planted bad boxes are not reached: its images come as bytes, refused before the boxes are read
-    planted = {(name.split(":")[0], p["key"], p["reason"]) for name in SETS if name != "grounding:grit" for p in manifest["sets"][name]["planted"]}
+    planted = {(name.split(":")[0], p["key"], p["reason"]) for name in SETS for p in manifest["sets"][name]["planted"]}
     found = {(r["task"], r["key"], r["reason"]) for r in rows}
     assert planted <= found
     assert {(r["task"], r["reason"]) for r in rows if r["task"] == "text"} == {("text", "chat_text_has_image"), ("text", "malformed_record")}
-    grit = [e for e in convert("grounding", "grit", manifest["sets"]["grounding:grit"]["source"].split("=", 1)[1] + "/00000.parquet") if getattr(e, "image_bytes", None)]
-    assert grit and all(("grounding", e.key, "image_not_a_file") in found for e in grit)  # its images are in its Parquet
     assert report["total"]["rejected"] == len(rows)
 
 
@@ -84,3 +82,28 @@ def test_a_source_without_image_files_is_bad_usage(built, capsys):
     root, manifest, _ = built
     assert beam_runner.main(["sft-build", "--source", manifest["sets"]["ocr:jsonl"]["source"], "--output", str(root / "bad")]) == 2
     assert "sft-build reads image files of caption, grounding, vqa, referring, grounded_caption, not ocr:jsonl" in capsys.readouterr().err
+
+
+def test_images_carried_as_bytes_are_written_once_by_their_hash(built):
+    """GRIT's images come inside its Parquet: each is written to OUT/images/SHA256.EXT, its bytes as
+    carried, and the conversations show that file."""
+    import hashlib
+    import re
+
+    root, manifest, _ = built
+    carried = {}
+    source = manifest["sets"]["grounding:grit"]["source"].split("=", 1)[1]
+    for path in sorted((Path(source)).glob("*.parquet")):
+        for e in convert("grounding", "grit", str(path)):
+            if getattr(e, "image_bytes", None):
+                carried[hashlib.sha256(e.image_bytes).hexdigest()] = e.image_bytes
+    written = {p.stem: p.read_bytes() for p in (root / "out" / "images").iterdir()}
+    assert written and set(written) <= set(carried) and all(written[h] == carried[h] for h in written)
+    shown = {m for line in (root / "out" / "chat.jsonl").read_text().splitlines() for m in re.findall(r"<img>([^<]+)</img>", line)}
+    assert {Path(p).stem for p in shown if "/out/images/" in p} <= set(written)
+    prepare, source_spec = sft_build.PrepareExamples(str(root / "again")), stage2.Source("grounding", "grit", source, source, ())
+    examples = [e for path in sorted(Path(source).glob("*.parquet")) for e in convert("grounding", "grit", str(path)) if getattr(e, "image_bytes", None)]
+    example, [(path, prepared)] = next((e, out) for e in examples if isinstance((out := list(prepare.process(e, source_spec)))[0], tuple))
+    digest = hashlib.sha256(example.image_bytes).hexdigest()
+    assert path == prepared.image == str(root / "again" / "images" / f"{digest}.jpg") and prepared.image_bytes is None
+    assert Path(path).read_bytes() == example.image_bytes
