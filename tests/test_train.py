@@ -457,7 +457,7 @@ def test_usage_errors_are_one_line(tmp_path, packed, capsys):
     base = ["--stage", "2", "--output", str(tmp_path / "o")]
     nope = tmp_path / "nope"
     assert usage([*base, "--data", str(nope), "--preset", "tiny"], capsys) == (2, f"error: --data {nope}: no Parquet files match")
-    assert usage([*base, "--data", packed, "--preset", "huge"], capsys) == (2, "error: unknown preset 'huge' (presets: tiny, small, qwen-vl)")
+    assert usage([*base, "--data", packed, "--preset", "huge"], capsys) == (2, "error: unknown preset 'huge' (presets: tiny, small, qwen-vl, qwen2-vl-tiny, qwen2-vl-2b, qwen2-vl-7b, qwen2-vl-72b)")
     assert usage([*base, "--data", packed, "--preset", "tiny", "--global-batch", "10", "--micro-batch", "4"], capsys) == (
         2,
         "error: global batch 10 is not a multiple of micro-batch 4 x 1 process(es) = 4",

@@ -159,3 +159,14 @@ def test_two_processes_and_their_sharded_checkpoint(packed, reference, tmp_path)
     a, b = weights(whole, 6), weights(two, 6)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert checkpoint.latest(two) == two / "step-6"
+
+
+def test_usage_errors_of_the_qwen2_vl_family(packed, tmp_path, capsys):
+    base = ["--stage", "2", "--data", packed, "--output", str(tmp_path / "o"), *COMMON]
+    for extra, message in [
+        (["--trainable", "adapter,llm"], "error: --trainable: 'adapter' is not a part (parts: vision, llm)"),
+        (["--init-qwen-vl", packed], "error: --init-qwen-vl: not for a qwen2-vl model (it takes --init, --init-qwen2-vl)"),
+        (["--stage", "1", "--vit-layer-decay", "0"], "error: --vit-layer-decay 0 freezes the ViT, but the stage trains it (trainable includes vision)"),
+    ]:
+        assert train.main([*base, *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [message]
