@@ -94,13 +94,24 @@ class ClipScorer(ClipPreprocessor):
         self.device, self.precision, self.info = device, precision, info
         self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
+    @property
+    def embed_width(self) -> int:
+        """The width of the image embedding (open_clip's embed_dim: 768 for ViT-L-14)."""
+        return self.model.visual.output_dim
+
     def score(self, images: torch.Tensor, tokens: torch.Tensor) -> list[float]:
         """[B, 3, H, W] preprocessed images and [B, L] tokens -> B cosine similarities in [-1, 1]."""
+        return self.score_and_embed(images, tokens)[0].cpu().tolist()
+
+    def score_and_embed(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `score`, with one image forward: (the B similarities, the [B, D] L2-normalised fp32 image
+        embeddings, on the device, for the heads of filters/score_heads.py)."""
         with torch.inference_mode():
             image = self.model.encode_image(images.to(self.device, self.input_dtype, non_blocking=True))
             text = self.model.encode_text(tokens.to(self.device, non_blocking=True))
-            sims = (F.normalize(image.float(), dim=-1) * F.normalize(text.float(), dim=-1)).sum(dim=-1)
-        return sims.clamp(-1.0, 1.0).cpu().tolist()
+            image = F.normalize(image.float(), dim=-1)
+            sims = (image * F.normalize(text.float(), dim=-1)).sum(dim=-1)
+        return sims.clamp(-1.0, 1.0), image
 
     def preprocess_on_device(self, images: list[bytes]) -> list[torch.Tensor | None]:
         """Like `preprocess` for a batch, with JPEGs decoded by torchvision on the model's device (nvJPEG on

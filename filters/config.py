@@ -34,6 +34,8 @@ class SourceConfig:
     min_lang_score: float  # language ID: the lowest fastText probability kept for the label found
     clip_min_score: float  # CLIP: absolute threshold on the cosine similarity (-1 keeps every score)
     clip_keep_fraction: float  # CLIP: keep this top share of the source's scores (1 keeps all)
+    nsfw_max: float  # NSFW head (--nsfw-model): reject a score above this, in [0, 1] (1 keeps all)
+    aesthetic_min: float  # aesthetic head (--aesthetic-model): reject a score below this, in [0, 10] (0 keeps all of a trained head)
 
     def problems(self) -> list[str]:
         """Every reason these thresholds make no sense, as short phrases."""
@@ -61,6 +63,10 @@ class SourceConfig:
             found.append(f"clip_min_score must be in [-1, 1] (a cosine similarity), not {self.clip_min_score}")
         if not 0.0 < self.clip_keep_fraction <= 1.0:
             found.append(f"clip_keep_fraction must be in (0, 1], not {self.clip_keep_fraction}")
+        if not 0.0 <= self.nsfw_max <= 1.0:
+            found.append(f"nsfw_max must be in [0, 1] (a probability), not {self.nsfw_max}")
+        if not 0.0 <= self.aesthetic_min <= 10.0:
+            found.append(f"aesthetic_min must be in [0, 10] (the predictor's rating scale), not {self.aesthetic_min}")
         return found
 
 

@@ -115,4 +115,6 @@ def curate(pair: RawPair, cfg: SourceConfig, langid: LanguageId, keep_rejected_i
         "lang": found.lang,
         "lang_score": found.lang_score,
         "clip_score": None,
+        "nsfw_score": None,
+        "aesthetic_score": None,
     }

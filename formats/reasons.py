@@ -37,6 +37,8 @@ IMAGE_UNDECODABLE = "image_undecodable"
 # Across the whole run, the most expensive last.
 DUPLICATE = "duplicate"  # an exact or near duplicate of the image kept (detail: its uid)
 CLIP_SCORE = "clip_score"  # image-text CLIP score below the source's threshold
+NSFW = "nsfw"  # the NSFW head's score on the CLIP image embedding above the source's nsfw_max
+AESTHETIC_LOW = "aesthetic_low"  # the aesthetic head's score on the CLIP image embedding below the source's aesthetic_min
 
 STAGE1_REASONS = (
     SHARD_UNREADABLE,
@@ -59,6 +61,8 @@ STAGE1_REASONS = (
     IMAGE_UNDECODABLE,
     DUPLICATE,
     CLIP_SCORE,
+    NSFW,
+    AESTHETIC_LOW,
 )
 
 # --- stage 2 and stage 3 -------------------------------------------------------------------------

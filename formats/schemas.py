@@ -18,6 +18,8 @@ CURATED = pa.schema(
         ("lang", pa.string()),  # fastText lid.176's label for the cleaned caption
         ("lang_score", pa.float32()),  # its probability
         ("clip_score", pa.float32()),  # null where not computed
+        ("nsfw_score", pa.float32()),  # LAION's NSFW detector on the CLIP image embedding, in [0, 1]; null where not run
+        ("aesthetic_score", pa.float32()),  # LAION's aesthetic predictor on it, about 1-10; null where not run
     ]
 )
 

@@ -1,10 +1,15 @@
-"""CLIP score on Beam: rows (uid, caption, image bytes) -> (uid, score), with Beam's RunInference.
+"""CLIP score on Beam: rows (uid, caption, image bytes) -> (uid, scores), with Beam's RunInference.
 
 How the work is split: `PreprocessClip`, a plain DoFn on the CPU workers, decodes each image once with
 PIL, applies open_clip's eval transform and tokenizes the caption (filters/clip_score.py); RunInference
 then batches those tensors (BatchElements, fixed size `batch_size`) and `ClipModelHandler` runs both
 encoders and the cosine on the model's device. An image that does not decode travels on as None and
 comes out as (uid, None), in the same output: no second branch to flatten.
+
+The heads of filters/score_heads.py (`heads`: {"nsfw": PATH, "aesthetic": PATH}) run in the same
+inference call on the image embeddings the CLIP score computed: one image forward per image for every
+score. A row's scores are a dict: {"clip_score": s, "nsfw_score": n, "aesthetic_score": a}, with the
+heads that ran.
 
 The score is the cosine similarity of the L2-normalised embeddings, in [-1, 1] (not x100, not x
 logit_scale): LAION's 0.28 for ViT-B-32 is on this scale.
@@ -17,6 +22,8 @@ core busy: the preprocessing took 5 ms per image with 1 thread and 30 ms with to
 CUDA), for GPU workers whose CPUs cannot keep up; it is exercised on CPU by the tests, never on a GPU here.
 """
 
+from dataclasses import dataclass
+
 import apache_beam as beam
 import torch
 from apache_beam.metrics import Metrics
@@ -24,6 +31,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.utils import shared
 
 from filters.clip_score import ClipScorer, load_preprocessor, load_scorer
+from filters.score_heads import Head, load_head
 
 NAMESPACE = "clip"
 DEFAULT_BATCH_SIZE = 64  # CPU; use 256-512 on a GPU
@@ -31,10 +39,21 @@ DEFAULT_BATCH_SIZE = 64  # CPU; use 256-512 on a GPU
 # One example: (preprocessed image [3, H, W], or the encoded bytes with decode_on_device, or None for an
 # image that did not decode; tokens [L])
 Example = tuple[torch.Tensor | bytes | None, torch.Tensor]
+Scores = dict[str, float]  # "clip_score" and a "{head}_score" per head
 
 
-class ClipModelHandler(ModelHandler[Example, float | None, ClipScorer]):
-    """RunInference's handler for filters.clip_score: load_model -> load_scorer, a batch -> its scores.
+@dataclass
+class Model:
+    """What a worker loads once: the CLIP scorer and the heads on its embeddings (a class, not a tuple:
+    Beam's shared handle keeps a weak reference to it)."""
+
+    scorer: ClipScorer
+    heads: dict[str, Head]
+
+
+class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
+    """RunInference's handler for filters.clip_score and filters.score_heads: load_model -> load_scorer
+    and load_head, a batch -> its scores.
 
     One model per worker process, shared by its threads and bundles: RunInference's DoFn
     (_RunInferenceDoFn in apache_beam/ml/inference/base.py, Beam 2.77) creates one `shared.Shared()`
@@ -44,26 +63,32 @@ class ClipModelHandler(ModelHandler[Example, float | None, ClipScorer]):
     serve one copy per machine through multi_process_shared (a proxy: tensors would be pickled across)."""
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
-                 batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, torch_threads: int | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, torch_threads: int | None = None,
+                 heads: dict[str, str] | None = None):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model, self.pretrained, self.device, self.precision = model, pretrained, device, precision
-        self.decode_on_device, self.torch_threads = decode_on_device, torch_threads
+        self.decode_on_device, self.torch_threads, self.heads = decode_on_device, torch_threads, heads or {}
 
-    def load_model(self) -> ClipScorer:
+    def load_model(self) -> Model:
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
-        return load_scorer(self.model, self.pretrained, self.device, self.precision)
+        scorer = load_scorer(self.model, self.pretrained, self.device, self.precision)
+        heads = {name: load_head(name, path, scorer.embed_width).to(scorer.device) for name, path in self.heads.items()}
+        return Model(scorer, heads)
 
-    def run_inference(self, batch, model: ClipScorer, inference_args=None) -> list[float | None]:
+    def run_inference(self, batch, model: Model, inference_args=None) -> list[Scores | None]:
+        scorer, heads = model.scorer, model.heads
         images, tokens = zip(*batch)
         if self.decode_on_device:
-            images = model.preprocess_on_device(list(images))
+            images = scorer.preprocess_on_device(list(images))
         ok = [i for i, image in enumerate(images) if image is not None]
-        scores: list[float | None] = [None] * len(batch)
+        scores: list[Scores | None] = [None] * len(batch)
         if ok:
-            found = model.score(torch.stack([images[i] for i in ok]), torch.stack([tokens[i] for i in ok]))
-            for i, score in zip(ok, found):
-                scores[i] = score
+            sims, embeddings = scorer.score_and_embed(torch.stack([images[i] for i in ok]), torch.stack([tokens[i] for i in ok]))
+            columns = {"clip_score": sims} | {f"{name}_score": head(embeddings) for name, head in heads.items()}
+            found = {name: values.cpu().tolist() for name, values in columns.items()}
+            for j, i in enumerate(ok):
+                scores[i] = {name: values[j] for name, values in found.items()}
         Metrics.counter(NAMESPACE, "image_undecodable").inc(len(batch) - len(ok))
         return scores
 
@@ -101,17 +126,18 @@ class PreprocessClip(beam.DoFn):
 
 
 class ScoreClip(beam.PTransform):
-    """PCollection of rows with uid, caption and image (bytes) -> PCollection of (uid, score): a float in
-    [-1, 1], or None for an image that could not be decoded. `key` names the field(s) the score is keyed
-    by: a tuple of names, e.g. ("uid", "source"), gives a tuple key."""
+    """PCollection of rows with uid, caption and image (bytes) -> PCollection of (uid, scores): a dict
+    with "clip_score" (in [-1, 1]) and a "{name}_score" per head of `heads` ({name: weights path}), or
+    None for an image that could not be decoded. `key` names the field(s) the scores are keyed by: a
+    tuple of names, e.g. ("uid", "source"), gives a tuple key."""
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, key: str | tuple[str, ...] = "uid",
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, heads: dict[str, str] | None = None):
         super().__init__()
         self.model, self.pretrained, self.decode_on_device, self.key = model, pretrained, decode_on_device, key
         self.torch_threads = torch_threads
-        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads)
+        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads, heads)
 
     def expand(self, rows):
         return (

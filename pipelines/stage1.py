@@ -6,9 +6,11 @@
 The steps, cheap first: read each source's files (a DoFn per file, spread over workers); the per-pair
 rules (caption rules, fastText language ID, image header rules, the one decode that gives the pHash;
 filters/curate.py); dedup across the whole run (pipelines/find_duplicates.py); the CLIP score last, through
-RunInference, on what survives (pipelines/score_clip.py). Every pair ends in exactly one output, curated/ or
-rejected/, with the first rule it failed; the report counts them per source in that order. A rerun
-into the same --output first removes what an earlier run left there, so the folder never mixes two runs.
+RunInference, on what survives (pipelines/score_clip.py), with the optional NSFW and aesthetic heads on its
+image embeddings (filters/score_heads.py). Every pair ends in exactly one output, curated/ or rejected/,
+with the first rule it failed; the report counts them per source in that order and draws each score's
+histogram per source. A rerun into the same --output first removes what an earlier run left there, so the
+folder never mixes two runs.
 """
 
 import dataclasses
@@ -108,17 +110,32 @@ class Screen(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, row)
 
 
+def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceConfig) -> Reject | None:
+    """The first score of a row that fails its source's threshold, in reason order (CLIP, NSFW,
+    aesthetic), or None; a head's score is checked only when the head ran."""
+    score = scores["clip_score"]
+    if score < clip_threshold:
+        return Reject(reasons.CLIP_SCORE, f"{score:.4f} < {clip_threshold:.4f}")
+    nsfw = scores.get("nsfw_score")
+    if nsfw is not None and nsfw > cfg.nsfw_max:
+        return Reject(reasons.NSFW, f"nsfw_score {nsfw:.4f} > nsfw_max {cfg.nsfw_max:.4f}")
+    aesthetic = scores.get("aesthetic_score")
+    if aesthetic is not None and aesthetic < cfg.aesthetic_min:
+        return Reject(reasons.AESTHETIC_LOW, f"aesthetic_score {aesthetic:.4f} < aesthetic_min {cfg.aesthetic_min:.4f}")
+    return None
+
+
 class Decide(beam.DoFn):
     """The steps across the run, applied to the candidates of one work file, read back with that file's
-    decisions only: a duplicate, a CLIP score that could not be computed or is below its source's
-    threshold -> rejected (tagged); the rest -> curated.
+    decisions only: a duplicate, a CLIP score that could not be computed, or a score that fails its
+    source's threshold (score_reject) -> rejected (tagged); the rest -> curated.
 
     Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
     group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
     finds such groups (the duplicates whose `duplicate_of` is a rejected uid)."""
 
-    def __init__(self, keep_rejected_images: bool):
-        self.keep_rejected_images = keep_rejected_images
+    def __init__(self, configs: dict[str, SourceConfig], keep_rejected_images: bool):
+        self.configs, self.keep_rejected_images = configs, keep_rejected_images
 
     def setup(self):
         map_large_blocks()
@@ -132,12 +149,12 @@ class Decide(beam.DoFn):
                 keeper, detail = duplicates[row["uid"]]
                 reject = Reject(reasons.DUPLICATE, detail, keeper)
             elif thresholds:  # CLIP ran
-                score, threshold = scores[row["uid"]], thresholds[row["source"]]
-                if score is None:
+                found = scores[row["uid"]]
+                if found is None:
                     reject = Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image")
-                elif score < threshold:
-                    reject = Reject(reasons.CLIP_SCORE, f"{score:.4f} < {threshold:.4f}")
-                row = {**row, "clip_score": score}
+                else:
+                    reject = score_reject(found, thresholds[row["source"]], self.configs[row["source"]])
+                    row = {**row, **found}
             if reject:
                 Metrics.counter("stage1", reject.reason).inc()
                 yield beam.pvalue.TaggedOutput(REJECTED, reject_candidate(row, reject, self.keep_rejected_images))
@@ -170,8 +187,9 @@ def clip_thresholds(quantiles: dict[str, list[float]], configs: dict[str, Source
 
 
 class ClipThresholds(beam.PTransform):
-    """((uid, source), score) pairs -> a singleton {source: threshold}, from Beam's approximate quantiles
-    per source (QUANTILES points: a 0.1% resolution of the keep fraction)."""
+    """((uid, source, ...), scores) pairs from ScoreClip -> a singleton {source: threshold}, from Beam's
+    approximate quantiles of the CLIP scores per source (QUANTILES points: a 0.1% resolution of the keep
+    fraction)."""
 
     QUANTILES = 1001
 
@@ -182,7 +200,7 @@ class ClipThresholds(beam.PTransform):
     def expand(self, scores):
         return (
             scores
-            | "ScoresBySource" >> beam.FlatMap(lambda kv: [(kv[0][1], kv[1])] if kv[1] is not None else [])
+            | "ScoresBySource" >> beam.FlatMap(lambda kv: [(kv[0][1], kv[1]["clip_score"])] if kv[1] is not None else [])
             | "Quantiles" >> beam.ApproximateQuantiles.PerKey(self.QUANTILES)
             | "AllQuantiles" >> beam.combiners.ToDict()
             | "Thresholds" >> beam.Map(clip_thresholds, self.configs)
@@ -238,13 +256,15 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
             | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source", "work_file"))
         )
         thresholds = beam.pvalue.AsSingleton(scores | "ClipThresholds" >> ClipThresholds(configs))
-        decisions["score"] = scores | "ScoreByFile" >> beam.MapTuple(lambda key, score: (key[2], (key[0], score)))
+        decisions["score"] = scores | "ScoreByFile" >> beam.MapTuple(lambda key, found: (key[2], (key[0], found)))
+        histograms = beam.pvalue.AsSingleton(scores | "Histograms" >> report_lib.ScoreHistograms())
     else:
         thresholds = beam.pvalue.AsSingleton(p | "NoClip" >> beam.Create([{}]))
+        histograms = beam.pvalue.AsSingleton(p | "NoScores" >> beam.Create([[]]))
     decided = (
         work_files
         | "JoinForDecide" >> JoinByFile(decisions)
-        | "Decide" >> beam.ParDo(Decide(keep_images), thresholds).with_outputs(REJECTED, main="curated")
+        | "Decide" >> beam.ParDo(Decide(configs, keep_images), thresholds).with_outputs(REJECTED, main="curated")
     )
     curated, decided_out = decided.curated, decided[REJECTED]
     write_parquet(curated, "curated", FileSystems.join(output, "curated", "part"), schemas.CURATED)
@@ -259,13 +279,13 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
         | "ListLanguages" >> beam.combiners.ToList()
     )
 
-    def report(_, rules, kept, run, langs, thresholds):
-        return report_lib.build_report(rules + kept + run, langs, {**settings, "clip_thresholds": thresholds})
+    def report(_, rules, kept, run, langs, thresholds, score_counts):
+        return report_lib.build_report(rules + kept + run, langs, {**settings, "clip_thresholds": thresholds}, score_counts)
 
     (
         p
         | "ReportStart" >> beam.Create([None])
-        | "BuildReport" >> beam.Map(report, *counts, beam.pvalue.AsSingleton(languages), thresholds)
+        | "BuildReport" >> beam.Map(report, *counts, beam.pvalue.AsSingleton(languages), thresholds, histograms)
         | "ToJson" >> beam.Map(lambda report: json.dumps(report, indent=2, ensure_ascii=False))
         | "WriteJson" >> beam.io.WriteToText(FileSystems.join(output, "report.json"), shard_name_template="")
     )
@@ -290,6 +310,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--clip-precision", choices=["fp32", "bf16"], help="CLIP weights precision (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--clip-threads", type=int, help="torch threads per worker process (default torch's: all cores; with W worker processes on C cores use C/W)")
     parser.add_argument("--clip-decode-on-device", action="store_true", help="decode JPEGs on the CLIP device (nvJPEG on a GPU) instead of with PIL on the CPU workers")
+    parser.add_argument("--nsfw-model", help="LAION NSFW detector head on the CLIP image embeddings (safetensors or .pth; layout in filters/score_heads.py); needs --clip-model")
+    parser.add_argument("--aesthetic-model", help="LAION improved-aesthetic-predictor head, e.g. sac+logos+ava1-l14-linearMSE.pth (or safetensors); needs --clip-model")
     return parser.parse_known_args(argv)
 
 
@@ -309,17 +331,25 @@ def _model_settings(args) -> dict:
     if args.clip_model:
         from filters.clip_score import ClipError, load_scorer  # torch and open_clip load only when CLIP runs
 
+        from filters.score_heads import HeadError, load_head
+
         options = dict(model=args.clip_model, pretrained=args.clip_pretrained, device=args.clip_device, precision=args.clip_precision)
+        heads = {name: path for name, path in (("nsfw", args.nsfw_model), ("aesthetic", args.aesthetic_model)) if path}
         try:
-            described = load_scorer(**options).describe()
-        except ClipError as e:
+            scorer = load_scorer(**options)
+            described = {name: load_head(name, path, scorer.embed_width).describe() for name, path in heads.items()}
+        except (ClipError, HeadError) as e:
             raise UsageError(str(e)) from None
-        if described["random_weights"]:
-            log.warning("CLIP: %s", described["note"])
-        tuning = {"batch_size": args.clip_batch_size, "torch_threads": args.clip_threads, "decode_on_device": args.clip_decode_on_device}
-        clip = {"options": {**options, **{name: value for name, value in tuning.items() if value}}, "model": described}
-    elif args.clip_pretrained:
-        raise UsageError("--clip-pretrained needs --clip-model")
+        described = {"model": scorer.describe(), **described}
+        for name, what in described.items():
+            if what["random_weights"]:
+                log.warning("%s: %s", "CLIP" if name == "model" else f"{name} head", what["note"])
+        tuning = {"batch_size": args.clip_batch_size, "torch_threads": args.clip_threads, "decode_on_device": args.clip_decode_on_device, "heads": heads}
+        clip = {"options": {**options, **{name: value for name, value in tuning.items() if value}}, **described}
+    else:
+        for flag, value in (("--clip-pretrained", args.clip_pretrained), ("--nsfw-model", args.nsfw_model), ("--aesthetic-model", args.aesthetic_model)):
+            if value:
+                raise UsageError(f"{flag} needs --clip-model" + (" (the head runs on its image embeddings)" if flag != "--clip-pretrained" else ""))
     dedup = {"max_distance": args.dedup_distance, "rounds": args.dedup_rounds}
     return {"langid": {"model": langid.model_path, "from_package": args.langid_model is None}, "dedup": dedup, "clip": clip}
 
@@ -347,10 +377,11 @@ def prepare(argv: list[str]):
 
 
 def run(argv: list[str]) -> dict:
-    """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png
-    and printed). A rerun into the same --output first removes what an earlier run left there."""
+    """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png,
+    its score histograms in OUTPUT/scores.png when CLIP ran, and printed). A rerun into the same --output
+    first removes what an earlier run left there."""
     args, inputs, configs, settings, options = prepare(argv)
-    clear_outputs(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png"], "files of an earlier run")
+    clear_outputs(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png", "scores.png"], "files of an earlier run")
     for inp in inputs:
         log.info("%s: %d %s files", inp.source, len(inp.files), inp.layout)
     with beam.Pipeline(options=options) as p:
@@ -359,5 +390,7 @@ def run(argv: list[str]) -> dict:
     remove_folder(FileSystems.join(args.output, WORK))
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
+    if report["score_histograms"]:
+        report_lib.write_score_charts(report, FileSystems.join(args.output, "scores.png"))
     print(report_lib.format_report(report))
     return report

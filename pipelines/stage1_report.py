@@ -1,17 +1,59 @@
 """The stage-1 report: the paper's Table 2 per source, with a column per rule, as JSON, text and a chart.
 
 report.json holds, per source and in total: input, dropped per rule in pipeline order, kept, kept %, and
-the languages fastText found in what was kept; then the settings used (thresholds, the models and
-their weights' origin, the CLIP thresholds applied).
+the languages fastText found in what was kept; then, when CLIP ran, the histogram of each score per
+source (every scored pair, before the score thresholds: a fixed number of bins over a fixed range, counted
+by a CombinePerKey, so its size does not grow with the data); then the settings used (thresholds, the
+models and their weights' origin, the CLIP thresholds applied).
 """
 
 import json
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from formats.reasons import STAGE1_REASONS
 
 KEPT = "kept"
+BINS = 40
+# Each score's histogram range; a score outside it is counted in the nearest end bin.
+SCORE_RANGES = {"clip_score": (-1.0, 1.0), "nsfw_score": (0.0, 1.0), "aesthetic_score": (0.0, 10.0)}
+
+
+def score_bin(name: str, value: float) -> int:
+    """The bin of `value` in the histogram of score `name`."""
+    low, high = SCORE_RANGES[name]
+    return min(BINS - 1, max(0, int((value - low) / (high - low) * BINS)))
+
+
+class HistogramFn(beam.CombineFn):
+    """Scores -> their BINS bin counts (a list of ints): bounded whatever the number of scores."""
+
+    def create_accumulator(self):
+        return [0] * BINS
+
+    def add_input(self, counts, bin_index):
+        counts[bin_index] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        return [sum(column) for column in zip(*accumulators)]
+
+    def extract_output(self, counts):
+        return counts
+
+
+class ScoreHistograms(beam.PTransform):
+    """(key, scores or None) pairs from pipelines/score_clip.py, key[1] being the source -> a singleton
+    list of ((source, score name), BINS counts)."""
+
+    def expand(self, scores):
+        return (
+            scores
+            | "Bins" >> beam.FlatMap(lambda kv: [((kv[0][1], name), score_bin(name, value)) for name, value in (kv[1] or {}).items()])
+            | "Count" >> beam.CombinePerKey(HistogramFn())
+            | "List" >> beam.combiners.ToList()
+        )
 
 
 def _summary(outcomes: dict[str, int]) -> dict:
@@ -31,10 +73,11 @@ def _shares(counts: dict[str, int]) -> dict[str, float]:
     return {key: round(100 * n / total, 2) for key, n in sorted(counts.items())} if total else {}
 
 
-def build_report(counts: list[tuple[tuple[str, str], int]], kept_languages: list[tuple[tuple[str, str], int]], settings: dict) -> dict:
-    """The report from ((source, outcome), count) pairs, outcome being a reason or KEPT, and the
-    ((source, language found), count) pairs of the kept rows. Counts of one (source, outcome) may come
-    in several pairs (one per output stream): they are added."""
+def build_report(counts: list[tuple[tuple[str, str], int]], kept_languages: list[tuple[tuple[str, str], int]], settings: dict,
+                 score_counts: list[tuple[tuple[str, str], list[int]]] = ()) -> dict:
+    """The report from ((source, outcome), count) pairs, outcome being a reason or KEPT, the ((source,
+    language found), count) pairs of the kept rows, and ScoreHistograms' ((source, score), bin counts).
+    Counts of one (source, outcome) may come in several pairs (one per output stream): they are added."""
     by_source: dict[str, dict[str, int]] = {source: {} for source in settings["inputs"]}
     for (source, outcome), n in counts:
         outcomes = by_source.setdefault(source, {})
@@ -53,11 +96,15 @@ def build_report(counts: list[tuple[tuple[str, str], int]], kept_languages: list
         language = settings["thresholds"][source]["language"]
         sources[source] = {"language": language, **_summary(outcomes), "languages_kept": dict(sorted(found.get(source, {}).items()))}
     split = _shares(languages)
+    histograms: dict[str, dict] = {}
+    for (source, name), bins in sorted(score_counts):
+        histograms.setdefault(source, {})[name] = {"range": list(SCORE_RANGES[name]), "counts": bins}
     return {
         "stage": "stage1",
         "rules": list(STAGE1_REASONS),
         "sources": sources,
         "total": {**_summary(total), "language_split_pct": split},
+        "score_histograms": histograms,
         "settings": settings,
     }
 
@@ -101,6 +148,15 @@ def _models(settings: dict) -> list[str]:
     lines += [f"CLIP: {model['model']}, weights {model['weights']}, {model['precision']} on {model['device']}; thresholds: {thresholds}"]
     if model["random_weights"]:
         lines.append(f"WARNING: {model['note']}")
+    for name, field in (("nsfw", "nsfw_max"), ("aesthetic", "aesthetic_min")):
+        head = clip.get(name)
+        if not head:
+            lines.append(f"{name}: not run (no --{name}-model); {name}_score is null")
+            continue
+        thresholds = ", ".join(f"{source} {values[field]:.4f}" for source, values in settings["thresholds"].items())
+        lines.append(f"{name}: weights {head['weights']}, on the CLIP image embeddings; {field}: {thresholds}")
+        if head["random_weights"]:
+            lines.append(f"WARNING: {name} head: {head['note']}")
     return lines
 
 
@@ -126,6 +182,36 @@ def write_chart(report: dict, path: str) -> None:
     ax.set_title("Stage-1 funnel: pairs left after each rule")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    with FileSystems.create(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_score_charts(report: dict, path: str) -> None:
+    """Histograms (PNG) of each score, one panel per score, one line per source, as shares of the
+    source's scored pairs (all that CLIP scored, before the score thresholds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in SCORE_RANGES if any(name in scores for scores in report["score_histograms"].values())]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for source, scores in report["score_histograms"].items():
+            if name not in scores:
+                continue
+            (low, high), counts = scores[name]["range"], scores[name]["counts"]
+            total = sum(counts)
+            edges = [low + (high - low) * i / len(counts) for i in range(len(counts) + 1)]
+            ax.stairs([100 * n / total for n in counts], edges, label=f"{source} ({total:,})")
+        ax.set_title(name)
+        ax.set_xlabel("score")
+        ax.set_ylabel("% of scored pairs")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Stage-1 scores per source, before their thresholds")
     fig.tight_layout()
     with FileSystems.create(path) as f:
         fig.savefig(f, format="png", dpi=110)

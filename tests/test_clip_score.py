@@ -67,7 +67,7 @@ def run_score_clip(model: str, rows: list[dict], out: Path, key="uid", **kwargs)
         assert_that(scores | beam.Map(lambda pair: pair[0]), equal_to(keys))
         scores | beam.Map(json.dumps) | beam.io.WriteToText(str(out / "scores"))
     pairs = [json.loads(line) for path in out.glob("scores*") for line in path.read_text().splitlines()]
-    return {tuple(k) if isinstance(k, list) else k: score for k, score in pairs}
+    return {tuple(k) if isinstance(k, list) else k: scores and scores["clip_score"] for k, scores in pairs}
 
 
 def test_random_model_loads_back_and_says_so(model):

@@ -77,3 +77,15 @@ def test_nonsense_language_and_clip_thresholds(tmp_path):
         "source my-crawl: clip_min_score must be in [-1, 1] (a cosine similarity), not 2.0; "
         "source my-crawl: clip_keep_fraction must be in (0, 1], not 0.0"
     )
+
+
+def test_nsfw_and_aesthetic_thresholds(tmp_path):
+    configs = load_config(["laion-en"])
+    assert (configs["laion-en"].nsfw_max, configs["laion-en"].aesthetic_min) == (1.0, 0.0)
+    path = write(tmp_path, "[default]\nnsfw_max = 1.5\naesthetic_min = -1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(["my-crawl"], path)
+    assert str(e.value) == (
+        "source my-crawl: nsfw_max must be in [0, 1] (a probability), not 1.5; "
+        "source my-crawl: aesthetic_min must be in [0, 10] (the predictor's rating scale), not -1.0"
+    )
