@@ -4,8 +4,10 @@
     python beam_runner.py make-stage2-sample --output DIR [--seed 0] [--per-set 40]
     python beam_runner.py make-ocr-sample --corpus FILE --output DIR [--count 100] [--seed 0] [--language en|zh] [--fonts DIR]
     python beam_runner.py make-clip --output DIR [--seed 0]
+    python beam_runner.py make-score-heads --output DIR [--width 64] [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
-        [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH] [Beam options]
+        [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH]
+        [--nsfw-model PATH] [--aesthetic-model PATH] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
     python beam_runner.py sft-build --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR
@@ -98,6 +100,22 @@ def make_clip(argv: list[str]) -> None:
     name = save_random_model(args.output, seed=args.seed)
     print(f"wrote a random-weight CLIP model: --clip-model {name}")
     print("its scores mean nothing: use it to run the pipeline offline, never to filter real data")
+
+
+def make_score_heads(argv: list[str]) -> None:
+    from filters.score_heads import LAYOUTS, save_random_head
+
+    parser = ArgumentParser(prog="beam_runner.py make-score-heads", description="Write randomly initialised NSFW and aesthetic heads (offline demos and tests).")
+    parser.add_argument("--output", required=True, help="folder to write nsfw.safetensors and aesthetic.safetensors into")
+    parser.add_argument("--width", type=int, default=64, help="the CLIP embedding width they take (default 64: make-clip's model; ViT-L-14: 768)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    args = parser.parse_args(argv)
+    if args.width < 1:
+        raise UsageError(f"--width must be >= 1, not {args.width}")
+    for name in LAYOUTS:
+        path = save_random_head(name, os.path.join(args.output, f"{name}.safetensors"), args.width, args.seed)
+        print(f"wrote a random-weight {name} head: --{name}-model {path}")
+    print("their scores mean nothing: use them to run the pipeline offline, never to filter real data")
 
 
 def stage1(argv: list[str]) -> None:
@@ -201,6 +219,7 @@ COMMANDS = {
     "make-stage2-sample": make_stage2_sample,
     "make-ocr-sample": make_ocr_sample,
     "make-clip": make_clip,
+    "make-score-heads": make_score_heads,
     "stage1": stage1,
     "stage2": stage2,
     "sft": sft,
