@@ -22,8 +22,8 @@ def run(argv, capsys):
 
 
 def test_no_command(capsys):
-    assert run([], capsys) == (2, "error: no command; use one of: make-sample, make-stage2-sample, make-ocr-sample, make-clip, stage1, stage2, sft, sft-build, export, report, inspect (each takes --help)")
-    assert run(["stage9"], capsys)[1] == "error: unknown command 'stage9'; use one of: make-sample, make-stage2-sample, make-ocr-sample, make-clip, stage1, stage2, sft, sft-build, export, report, inspect (each takes --help)"
+    assert run([], capsys) == (2, "error: no command; use one of: make-sample, make-stage2-sample, make-ocr-sample, make-clip, make-score-heads, stage1, stage2, sft, sft-build, export, report, inspect (each takes --help)")
+    assert run(["stage9"], capsys)[1] == "error: unknown command 'stage9'; use one of: make-sample, make-stage2-sample, make-ocr-sample, make-clip, make-score-heads, stage1, stage2, sft, sft-build, export, report, inspect (each takes --help)"
 
 
 def test_missing_input_path(tmp_path, capsys):

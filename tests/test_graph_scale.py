@@ -17,12 +17,13 @@ from synthetic.raw_corpus import make_sample
 BOUNDED_SIDE_INPUTS = {
     "/WriteImpl/": "Beam's file sink: its initialisation result and the names of the shards written",
     "Decide": "per-source CLIP thresholds: one float per source",
-    "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds",
+    "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds, score histograms",
     "Dedup/Components/NodeRoots": "one integer: the nodes not settled after the last round",
     "ToGroup": "stage 2: the sample (or reject) count per task, at most 8",
 }
 BOUNDED_GLOBAL_COMBINES = {
     "ClipThresholds/AllQuantiles": "per source, 1001 quantile points",
+    "Histograms/List": "per (source, score), a fixed number of bin counts: sources x 3 x 40",
     "Count[": "one count per (source, outcome) or (task, reason): sources x reasons",
     "ListLanguages": "one count per (source, language): sources x 176",
     "Dedup/Components/CountUnsettled": "a sum: one integer",
@@ -86,7 +87,7 @@ def test_stage1_graph_has_only_bounded_side_inputs_and_global_combines(tmp_path)
     assert unlisted_side_inputs(found) == []
     assert unlisted(found.global_combines, BOUNDED_GLOBAL_COMBINES) == []
     own = own_side_inputs(found)
-    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "Decide"] + ["BuildReport"] * 5
+    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "Decide"] + ["BuildReport"] * 6
     assert all(view == "AsSingleton" for _, view, _ in own)
     assert any(label.startswith("Dedup/Components/CountUnsettled") for label in found.global_combines)
 
