@@ -167,7 +167,7 @@ def report(argv: list[str]) -> None:
     from pipelines.sft_build import format_report as format_sft_build_report
     from pipelines.stage2 import format_report as format_stage2_report
 
-    parser = ArgumentParser(prog="beam_runner.py report", description="Print a run's report again (stage 1: and draw its funnel).")
+    parser = ArgumentParser(prog="beam_runner.py report", description="Print a run's report again (stage 1: and draw its funnel and score histograms).")
     parser.add_argument("dir", help="a stage1, stage2, sft or sft-build --output folder")
     parser.add_argument("--chart", help="stage 1: where to write the funnel chart (default DIR/funnel.png)")
     args = parser.parse_args(argv)
@@ -188,6 +188,10 @@ def report(argv: list[str]) -> None:
     chart = args.chart or FileSystems.join(args.dir, "funnel.png")
     stage1_report.write_chart(data, chart)
     print(f"\nfunnel chart: {chart}")
+    if data.get("score_histograms"):
+        scores = FileSystems.join(args.dir, "scores.png")
+        stage1_report.write_score_charts(data, scores)
+        print(f"score histograms: {scores}")
 
 
 def inspect(argv: list[str]) -> None:

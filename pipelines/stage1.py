@@ -226,7 +226,9 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
        work files (pipelines/work_files.py); meanwhile find the duplicates on slim records
        (pipelines/find_duplicates.py), each keyed back to its work file;
     2. (with --clip-model) read each work file back with its duplicates, score the rest through
-       RunInference, and turn the scores into per-source thresholds (absolute, or a top share);
+       RunInference (CLIP, and the NSFW and aesthetic heads on its image embeddings when given), turn
+       the CLIP scores into per-source thresholds (absolute, or a top share) and count each score's
+       histogram bins per source;
     3. read each work file back again with its own duplicates and scores, decide each row (the
        thresholds, a few numbers per source, are the one side input), write curated/ and the rest of
        rejected/.

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import beam_runner
 from cli.usage import UsageError
 from filters.clip_score import load_scorer, save_random_model
 from filters.config import load_config
@@ -227,3 +228,6 @@ def test_stage1_with_both_heads(models, tmp_path):
     assert f"WARNING: nsfw head: {RANDOM_NOTE}" in text and f"WARNING: aesthetic head: {RANDOM_NOTE}" in text
     with Image.open(tmp_path / "cut" / "scores.png") as chart:
         assert chart.format == "PNG"
+    (tmp_path / "cut" / "scores.png").unlink()
+    assert beam_runner.main(["report", str(tmp_path / "cut")]) == 0  # the report command redraws it
+    assert (tmp_path / "cut" / "scores.png").is_file()
