@@ -69,7 +69,7 @@ demo: $(STAMP)
 	rm -rf demo/train-qwen2vl
 	$(PY) -m model.train --stage 2 --data demo/stage2-qwen2vl/packed --preset qwen2-vl-tiny --output demo/train-qwen2vl \
 		--steps 6 --micro-batch 2 --global-batch 4 --lr 1e-3 --warmup-steps 1 --unit-rows 8
-	@echo "stage 1: demo/stage1/funnel.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/samples-qwen2vl.html (the Qwen2-VL dialect, videos too), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); export: demo/export-llamafactory, demo/export-webdataset; training: demo/train/metrics.jsonl, demo/train-qwen2vl/metrics.jsonl"
+	@echo "stage 1: demo/stage1/funnel.png, demo/stage1/scores.png, demo/rejected.html; stage 2: demo/samples.html (boxes drawn on their images), demo/samples-qwen2vl.html (the Qwen2-VL dialect, videos too), demo/ocr.html (drawn, PDF, HTML and synthetic pages with their quads); export: demo/export-llamafactory, demo/export-webdataset; training: demo/train/metrics.jsonl, demo/train-qwen2vl/metrics.jsonl"
 
 # The released Qwen2-VL code the tests compare against (tests/qwen2vl_reference.py): transformers and
 # qwen-vl-utils in a folder of their own, as transformers 4.57.6 needs a huggingface-hub below 1.0 and the

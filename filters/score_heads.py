@@ -52,9 +52,11 @@ class Layout:
     normalization: bool  # `normalization.mean` / `normalization.variance` applied first
     sigmoid: bool  # sigmoid on the output
     widths: tuple[int, ...]  # the released widths, input first (save_random_head's default)
+    random_centre: float = 0.0  # save_random_head: added to the output's bias, the middle of the score's scale
 
 
-AESTHETIC = Layout("aesthetic", ("layers.0", "layers.2", "layers.4", "layers.6", "layers.7"), False, False, False, (768, 1024, 128, 64, 16, 1))
+AESTHETIC = Layout("aesthetic", ("layers.0", "layers.2", "layers.4", "layers.6", "layers.7"), False, False, False, (768, 1024, 128, 64, 16, 1),
+                   random_centre=5.5)  # LAION's 1-10 scale: a random head's scores sit near 5.5, above any usual aesthetic_min
 NSFW = Layout("nsfw", ("dense", "dense_1", "dense_2", "dense_3"), True, True, True, (768, 64, 512, 256, 1))
 LAYOUTS = {layout.name: layout for layout in (NSFW, AESTHETIC)}
 
@@ -167,6 +169,7 @@ def save_random_head(name: str, path: str | Path, input_width: int, seed: int = 
         bound = n_in**-0.5  # nn.Linear's default init range
         tensors[f"{prefix}.weight"] = (torch.rand(n_out, n_in, generator=generator) * 2 - 1) * bound
         tensors[f"{prefix}.bias"] = (torch.rand(n_out, generator=generator) * 2 - 1) * bound
+    tensors[f"{layout.linears[-1]}.bias"] += layout.random_centre
     if layout.normalization:
         tensors["normalization.mean"] = torch.zeros(input_width)
         tensors["normalization.variance"] = torch.full((input_width,), 1.0 / input_width)  # unit-norm inputs -> unit scale
