@@ -54,7 +54,7 @@ demo: $(STAMP)
 	$(PY) beam_runner.py sft-build --output demo/sft-build --source vqa:vqav2=demo/annotated/vqav2 \
 		--source caption:coco=demo/annotated/coco/annotations/captions_train2014.json --source referring:refcoco=demo/annotated/refer/refcoco \
 		--images vqav2=demo/annotated/coco/train2014 --images coco=demo/annotated/coco/train2014 --images refcoco=demo/annotated/coco/train2014
-	$(PY) beam_runner.py sft --input demo/sft-build/chat.jsonl --output demo/sft-built
+	$(PY) beam_runner.py sft --input demo/sft-build/chat/ --output demo/sft-built
 	$(PY) beam_runner.py export --from demo/sft/samples --to llamafactory --output demo/export-llamafactory
 	$(PY) beam_runner.py export --from demo/stage1/curated --to webdataset --output demo/export-webdataset
 	$(PY) beam_runner.py stage2 --dialect qwen2-vl --max-pixels 1003520 --output demo/stage2-qwen2vl $(STAGE2_SOURCES) \

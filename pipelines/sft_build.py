@@ -1,12 +1,12 @@
-"""Stage-3 conversations built on Beam from stage-2 data sets (formats/conversations.py) -> OUT/chat.jsonl,
-which `sft --input` reads as it is, beside rejected/ and report.json.
+"""Stage-3 conversations built on Beam from stage-2 data sets (formats/conversations.py) -> OUT/chat/ (JSONL
+shards), which `sft --input OUT/chat/` reads as they are, beside rejected/ and report.json.
 
     python beam_runner.py sft-build --source vqa:vqav2=/data/vqav2 --images vqav2=/data/coco/train2014 \\
         --source caption:coco=/data/coco/annotations/captions_train2014.json --images coco=/data/coco/train2014 \\
         --source referring:refcoco=/data/refer/refcoco --images refcoco=/data/coco/train2014 \\
         --output sft-data/ [--mode multi-turn,multi-image,task] [--max-turns 4] \\
         [--text dialogue.jsonl --text-ratio 0.2] [--seed 0]
-    python beam_runner.py sft --input sft-data/chat.jsonl --output sft/
+    python beam_runner.py sft --input sft-data/chat/ --output sft/
 
 The graph: each --source is read by its converter as stage 2 reads it (pipelines/stage2.ReadSource);
 each example's image is read for its size (the annotations' size where they give it) and to prove it is
@@ -20,10 +20,13 @@ file and one key below). Then:
 - multi-image: the captions in hash buckets of their image's path, about MULTI_IMAGE_GROUP captions a
   bucket (pipelines/sink.GroupByUid), so pictures of one conversation come from anywhere in the data;
 - --text: a JSON list or JSONL of text-only dialogues in either layout formats/chatml.py reads.
-The conversations (text and paths, no image bytes: about 1 KB each) meet in one step that mixes the text
-in at --text-ratio (formats/conversations.mix_text) and writes chat.jsonl: Qwen-VL's 350k SFT
-conversations are about 350 MB there. Whatever cannot be used is a rejected row with its reason, as in
-stage 2 (rejected/samples-TASK-*.parquet), counted in report.json.
+The conversations (text and paths, no image bytes: about 1 KB each) and the text dialogues go to shards
+of about CHAT_SHARD conversations by the hash of their id (a CoGroupByKey on the shard; the one side
+input is the count of conversations); each shard mixes its texts in at --text-ratio
+(formats/conversations.mix_text: within half a conversation of the ratio per shard, so within half the
+number of shards overall) and writes OUT/chat/chat-IIIII-of-NNNNN.jsonl. A worker holds one shard.
+Whatever cannot be used is a rejected row with its reason, as in stage 2 (rejected/samples-TASK-*.parquet),
+counted in report.json.
 """
 
 import dataclasses
@@ -44,10 +47,11 @@ from formats.ids import pair_uid
 from formats.row_messages import image_extension
 from formats.templates import check
 from pipelines.runner import pipeline_options
-from pipelines.sink import REJECTED, GroupByUid, clear_outputs
+from pipelines.sink import REJECTED, GroupByUid, clear_outputs, group_of
 from pipelines.stage2 import PACK_GROUP, ReadSource, Source, parse_images, parse_source, read_image, reject_row, write_rejects
 
-CHAT_FILE = "chat.jsonl"
+CHAT_FOLDER = "chat"  # OUT/chat/chat-IIIII-of-NNNNN.jsonl: what `sft --input OUT/chat/` reads
+CHAT_SHARD = 50_000  # conversations per shard (about 50 MB of JSON)
 MULTI_IMAGE_GROUP = 1024  # captions per multi-image bucket
 UNSUPPORTED_FORMATS = ("video",)  # videos: Qwen-VL's conversations show images only
 
@@ -100,10 +104,9 @@ def text_source(path: str) -> Source:
 
 
 def text_conversations(item, source: Source):
-    """One (index, record) of the --text file -> a text conversation, or its reject (tagged)."""
-    index, record = item
-    fallback = f"{os.path.basename(source.path)}:{index}"
-    made = record if isinstance(record, Invalid) else conversations.text_conversation(record, source.format, fallback)
+    """One (FILE:INDEX, record) of the --text file -> a text conversation, or its reject (tagged)."""
+    where, record = item
+    made = record if isinstance(record, Invalid) else conversations.text_conversation(record, source.format, where)
     if isinstance(made, Invalid):
         Metrics.counter("sft_build", made.reason).inc()
         yield beam.pvalue.TaggedOutput(REJECTED, reject_row(TEXT, made))
@@ -116,18 +119,44 @@ def mode_of(record: dict) -> str:
     return record["id"].rsplit("-", 1)[0]
 
 
-def write_chat(_, built: list[dict], texts: list[dict], examples: list, rejects: list, output: str, settings: dict) -> dict:
-    """Mix the text in, write chat.jsonl (one record a line, in mix order) and answer the report: usable
-    examples per task, conversations and parts per mode, texts available, rejects per task and reason."""
-    records = conversations.mix_text(built, texts, settings["text_ratio"])
-    with FileSystems.create(FileSystems.join(output, CHAT_FILE)) as f:
-        for record in records:
-            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    modes = {conversations.TEXT_MODE: {"conversations": 0, "parts": 0}} if settings["text"] else {}
+def write_shard(group: tuple, output: str, ratio: float) -> dict:
+    """One shard's conversations and texts -> OUT/chat/chat-IIIII-of-NNNNN.jsonl, the text mixed in at
+    `ratio` (formats/conversations.mix_text; one record a line, in mix order); answers its conversations
+    and parts per mode."""
+    (index, groups), found = group
+    records = conversations.mix_text(list(found["built"]), list(found["texts"]), ratio)
+    modes: dict[str, list[int]] = {}
     for record in records:
-        m = modes.setdefault(mode_of(record), {"conversations": 0, "parts": 0})
-        m["conversations"] += 1
-        m["parts"] += len(record["parts"])
+        m = modes.setdefault(mode_of(record), [0, 0])
+        m[0] += 1
+        m[1] += len(record["parts"])
+    if records:
+        path = FileSystems.join(output, CHAT_FOLDER, f"chat-{index:05d}-of-{groups:05d}.jsonl")
+        partial = f"{path}.partial"
+        with FileSystems.create(partial) as f:
+            for record in records:
+                f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        FileSystems.rename([partial], [path])
+    return modes
+
+
+def merge_modes(shards) -> dict[str, list[int]]:
+    """The shards' {mode: [conversations, parts]} summed (a few keys: a bounded global combine)."""
+    total: dict[str, list[int]] = {}
+    for modes in shards:
+        for mode, (n, parts) in modes.items():
+            t = total.setdefault(mode, [0, 0])
+            t[0], t[1] = t[0] + n, t[1] + parts
+    return total
+
+
+def build_report(_, modes: dict, texts: int, examples: list, rejects: list, settings: dict) -> dict:
+    """report.json: usable examples per task, conversations and parts per mode, texts available, rejects
+    per task and reason."""
+    modes = {mode: {"conversations": n, "parts": parts} for mode, (n, parts) in modes.items()}
+    if settings["text"]:
+        modes.setdefault(conversations.TEXT_MODE, {"conversations": 0, "parts": 0})
+    total = sum(m["conversations"] for m in modes.values())
     rejected: dict[str, dict] = {}
     for (task, reason), n in rejects:
         rejected.setdefault(task, {})[reason] = n
@@ -135,11 +164,11 @@ def write_chat(_, built: list[dict], texts: list[dict], examples: list, rejects:
         "stage": "sft-build",
         "examples": dict(sorted(examples)),
         "modes": dict(sorted(modes.items())),
-        "texts_available": len(texts),
+        "texts_available": texts,
         "rejected": {task: dict(sorted(r.items())) for task, r in sorted(rejected.items())},
         "total": {
-            "conversations": len(records),
-            "text_share": round(modes[conversations.TEXT_MODE]["conversations"] / len(records), 4) if settings["text"] and records else 0.0,
+            "conversations": total,
+            "text_share": round(modes[conversations.TEXT_MODE]["conversations"] / total, 4) if settings["text"] and total else 0.0,
             "rejected": sum(n for _, n in rejects),
         },
         "settings": settings,
@@ -188,16 +217,28 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict):
     def counts(pcoll, name, key):
         return beam.pvalue.AsSingleton(pcoll | f"Key[{name}]" >> beam.Map(key) | f"Count[{name}]" >> beam.combiners.Count.PerElement() | f"List[{name}]" >> beam.combiners.ToList())
 
+    # shards of about CHAT_SHARD conversations by the hash of their id, each with the texts whose id hashes
+    # to it: no worker holds more than a shard (the count of conversations is the one side input)
+    count = beam.pvalue.AsSingleton(built | "CountConversations" >> beam.combiners.Count.Globally())
+
+    def shard(record, n):
+        return group_of(record["id"], n, CHAT_SHARD), record
+
+    modes = (
+        {"built": built | "ShardConversations" >> beam.Map(shard, count), "texts": texts | "ShardTexts" >> beam.Map(shard, count)}
+        | "Shards" >> beam.CoGroupByKey()
+        | "WriteShards" >> beam.Map(write_shard, output, settings["text_ratio"])
+        | "SumModes" >> beam.CombineGlobally(merge_modes)
+    )
     (
         p
         | "Start" >> beam.Create([None])
-        | "WriteChat" >> beam.Map(
-            write_chat,
-            beam.pvalue.AsSingleton(built | "ListConversations" >> beam.combiners.ToList()),
-            beam.pvalue.AsSingleton(texts | "ListTexts" >> beam.combiners.ToList()),
+        | "BuildReport" >> beam.Map(
+            build_report,
+            beam.pvalue.AsSingleton(modes),
+            beam.pvalue.AsSingleton(texts | "CountTexts" >> beam.combiners.Count.Globally()),
             counts(examples, "examples", lambda kv: kv[1].task),
             counts(rejected, "rejects", lambda row: (row["task"], row["reason"])),
-            output,
             settings,
         )
         | "ToJson" >> beam.Map(lambda r: json.dumps(r, indent=2, ensure_ascii=False))
@@ -212,7 +253,7 @@ def prepare(argv: list[str]):
     parser.add_argument("--source", action="append", required=True, metavar="TASK:FORMAT=PATH",
                         help=f"a data set's annotations (repeatable); tasks: {', '.join(conversations.TASKS)}")
     parser.add_argument("--images", action="append", default=[], metavar="FORMAT=FOLDER", help="where a format's images are (default: its PATH's folder)")
-    parser.add_argument("--output", required=True, help=f"folder for {CHAT_FILE}, rejected/ and report.json")
+    parser.add_argument("--output", required=True, help=f"folder for {CHAT_FOLDER}/ (JSONL shards), rejected/ and report.json")
     parser.add_argument("--mode", default=",".join(conversations.MODES), help=f"comma-separated, of {', '.join(conversations.MODES)} (default all)")
     parser.add_argument("--max-turns", type=int, default=conversations.MAX_TURNS, help=f"multi-turn: the most turns a conversation (default {conversations.MAX_TURNS})")
     parser.add_argument("--text", help="a JSON list or JSONL of pure-text dialogues (conversations or messages layout) to mix in")
@@ -251,7 +292,7 @@ def prepare(argv: list[str]):
 
 
 def format_report(report: dict) -> str:
-    lines = [f"sft-build: {report['total']['conversations']:,} conversations in {CHAT_FILE}"]
+    lines = [f"sft-build: {report['total']['conversations']:,} conversations in {CHAT_FOLDER}/"]
     lines += [f"  {mode:<12}{m['conversations']:>8,} conversations of {m['parts']:,} parts" for mode, m in report["modes"].items()]
     reasons = {}
     for r in report["rejected"].values():
@@ -265,7 +306,7 @@ def format_report(report: dict) -> str:
 def run(argv: list[str]) -> dict:
     """Run sft-build and return its report (also written to OUTPUT/report.json and printed)."""
     sources, output, settings, options = prepare(argv)
-    clear_outputs(output, [CHAT_FILE, "rejected/*.parquet*", "report.json"], "files of an earlier run")
+    clear_outputs(output, [f"{CHAT_FOLDER}/*.jsonl*", "rejected/*.parquet*", "report.json"], "files of an earlier run")
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, sources, output, settings)
     with FileSystems.open(FileSystems.join(output, "report.json"), compression_type="uncompressed") as f:

@@ -66,6 +66,7 @@ from pipelines.spread import Spread
 from pipelines.sink import REJECTED, GroupByUid, clear_outputs, group_file, write_rows
 
 CHAT = "chat"  # the task name of stage-3 conversations
+CHAT_FILES = ("*.json", "*.jsonl")  # what sft reads from a folder
 MIXED = "mixed"  # the task of packed rows with --mix-tasks
 PACK_GROUP = 4096  # samples per packing group: efficiency and cost both grow with it
 log = logging.getLogger("stage2")
@@ -230,11 +231,11 @@ class MakeChatSamples(MakeSamples):
     """Fine-tuning records -> sample rows: ChatML segments, images and videos read from the image folder in order."""
 
     def process(self, item, source: Source):
-        index, record = item
+        where, record = item
         if isinstance(record, Invalid):  # the file (or this line of it) could not be read
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, record))
             return
-        chat = render_chat(record, source.format, fallback_key=f"{os.path.basename(source.path)}:{index}", dialect=self.dialect)
+        chat = render_chat(record, source.format, fallback_key=where, dialect=self.dialect)
         if isinstance(chat, Invalid):
             yield beam.pvalue.TaggedOutput(REJECTED, reject_row(CHAT, chat))
             return
@@ -427,21 +428,22 @@ def build_pipeline(p, sources: list[Source], output: str, settings: dict, chat: 
 
 
 def read_chat(path: str, source: Source):
-    """The records of a fine-tuning file, as (index, record): a JSON list, or JSON Lines (.jsonl, one
-    record a line, as ms-swift reads them). A file that cannot be read -> one Invalid; a line that is not
-    JSON -> an Invalid for that line (key FILE:LINE), and the rest are read."""
+    """The records of a fine-tuning file, as (FILE:INDEX, record), FILE its name: a JSON list (INDEX from
+    0), or JSON Lines (.jsonl, one record a line, as ms-swift reads them; INDEX the line from 1). A file
+    that cannot be read -> one Invalid; a line that is not JSON -> an Invalid for that line, and the
+    rest are read."""
     name = os.path.basename(path)
     try:
         with open_file(path, compression=None) as f:
             data = f.read().decode("utf-8")
         if path.endswith(".jsonl"):
-            return [(number, _json_line(line, source, f"{name}:{number}")) for number, line in enumerate(data.splitlines(), 1) if line.strip()]
+            return [(f"{name}:{n}", _json_line(line, source, f"{name}:{n}")) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
         records = json.loads(data)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return [(0, Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
+        return [(f"{name}:0", Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
     if not isinstance(records, list):
-        return [(0, Invalid(source.format, path, FILE_UNREADABLE, "not a JSON list of records"))]
-    return list(enumerate(records))
+        return [(f"{name}:0", Invalid(source.format, path, FILE_UNREADABLE, "not a JSON list of records"))]
+    return [(f"{name}:{i}", record) for i, record in enumerate(records)]
 
 
 def _json_line(line: str, source: Source, where: str):
@@ -467,12 +469,13 @@ def parse_source(spec: str, images: dict[str, str]) -> Source:
 
 
 def source_files(path: str, fmt: str | None) -> tuple[str, ...]:
-    """What the converter runs on: for a per-file format, each file of a folder or glob; else the path
-    (fmt None: the sft input). Listed by the launcher to check it, and again in the pipeline, so the
-    graph holds only the path."""
-    if fmt not in PER_FILE or not (path.endswith("/") or is_dir(path) or has_glob(path)):
+    """What the converter runs on: for a per-file format (fmt None: the sft input, JSON or JSONL files),
+    each file of a folder or glob; else the path. Listed by the launcher to check it, and again in the
+    pipeline, so the graph holds only the path."""
+    patterns = CHAT_FILES if fmt is None else PER_FILE.get(fmt)
+    if patterns is None or not (path.endswith("/") or is_dir(path) or has_glob(path)):
         return (path,)
-    patterns = [join(path, p) for p in PER_FILE[fmt]] if not has_glob(path) else [path]
+    patterns = [join(path, p) for p in patterns] if not has_glob(path) else [path]
     return tuple(sorted(f for pattern in patterns for f in match(pattern)))
 
 
@@ -514,7 +517,7 @@ def prepare(argv: list[str], chat: bool):
                             epilog="Any other option is a Beam pipeline option and goes to Beam as it is (e.g. --runner DataflowRunner ...); "
                                    "a misspelt one is an error before the run.")
     if chat:
-        parser.add_argument("--input", required=True, help="a fine-tuning JSON list (or .jsonl): id, conversations of from/value, or messages of role/content with images/videos")
+        parser.add_argument("--input", required=True, help="a fine-tuning JSON list or .jsonl (or a folder or glob of them): id, conversations of from/value, or messages of role/content with images/videos")
         parser.add_argument("--images", help="the folder image paths are relative to (default: the input's folder)")
     else:
         parser.add_argument("--source", action="append", required=True, metavar="TASK:FORMAT=PATH", help="a data set's annotations (repeatable)")
@@ -535,10 +538,14 @@ def prepare(argv: list[str], chat: bool):
     except VocabularyError as e:
         raise UsageError(str(e)) from None
     if chat:
-        if not exists(args.input):
+        if not has_glob(args.input) and not exists(args.input):
             raise UsageError(f"--input {args.input} does not exist")
-        name = os.path.splitext(os.path.basename(args.input))[0]
-        sources = [Source(CHAT, name, args.input, args.images or os.path.dirname(args.input) or ".", (args.input,))]
+        files = source_files(args.input, None)
+        if not files:
+            raise UsageError(f"--input {args.input}: no .json or .jsonl files there")
+        folder = args.input if args.input.endswith("/") or is_dir(args.input) else os.path.dirname(args.input) or "."
+        name = os.path.splitext(os.path.basename(os.path.normpath(args.input)))[0] if not has_glob(args.input) else os.path.basename(os.path.normpath(folder))
+        sources = [Source(CHAT, name, args.input, args.images or folder, files)]
     else:
         images = parse_images(args.images)
         sources = [parse_source(spec, images) for spec in args.source]

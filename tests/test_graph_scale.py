@@ -20,6 +20,8 @@ BOUNDED_SIDE_INPUTS = {
     "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds, score histograms",
     "Dedup/Components/NodeRoots": "one integer: the nodes not settled after the last round",
     "ToGroup": "stage 2: the sample (or reject) count per task, at most 8",
+    "ShardConversations": "sft-build: one integer, the count of conversations (sizes the shards)",
+    "ShardTexts": "sft-build: the same integer",
 }
 BOUNDED_GLOBAL_COMBINES = {
     "ClipThresholds/AllQuantiles": "per source, 1001 quantile points",
@@ -30,6 +32,9 @@ BOUNDED_GLOBAL_COMBINES = {
     "List[": "one count per (task, source) or (task, reason)",
     "ListPacking": "one triple per task: at most 8",
     "NameCounts": "one count per task: at most 8",
+    "CountConversations": "sft-build: one integer",
+    "CountTexts": "sft-build: one integer",
+    "SumModes": "sft-build: two integers per mode, at most 4 modes",
 }
 
 
@@ -113,3 +118,19 @@ def test_the_audit_catches_a_broadcast_and_a_gather():
     assert unlisted_side_inputs(found) == ["Join"]
     assert own_side_inputs(found) == [("Join", "AsDict", "Create/Map(decode)")]
     assert unlisted(found.global_combines, BOUNDED_GLOBAL_COMBINES) == ["Everything/Everything"]
+
+
+def test_sft_build_graph_has_only_bounded_side_inputs_and_global_combines(tmp_path):
+    from pipelines import sft_build
+
+    manifest = make_stage2_sample(str(tmp_path / "annotated"), seed=0, per_set=12)
+    text = tmp_path / "dialogue.jsonl"
+    text.write_text('{"conversations": [{"from": "user", "value": "Hi"}, {"from": "assistant", "value": "Hello."}]}\n')
+    names = ("vqa:vqav2", "caption:coco", "referring:refcoco")
+    argv = [arg for name in names for arg in ("--source", manifest["sets"][name]["source"])]
+    argv += [arg for name in names if manifest["sets"][name]["images"] for arg in ("--images", manifest["sets"][name]["images"])]
+    sources, output, settings, _ = sft_build.prepare(argv + ["--text", str(text), "--output", str(tmp_path / "out")])
+    found = audit(lambda p: sft_build.build_pipeline(p, sources, output, settings))
+    assert unlisted_side_inputs(found) == []
+    assert unlisted(found.global_combines, BOUNDED_GLOBAL_COMBINES) == []
+    assert {c.split("/")[0] for c, _, _ in own_side_inputs(found)} == {"Buckets", "RejectGroups", "ShardConversations", "ShardTexts", "BuildReport"}

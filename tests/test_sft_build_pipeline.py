@@ -32,7 +32,9 @@ def built(tmp_path_factory):
 
 def test_conversations_of_every_mode_trace_back_to_converted_examples(built):
     root, manifest, report = built
-    records = [json.loads(line) for line in (root / "out" / "chat.jsonl").read_text().splitlines()]
+    [shard] = (root / "out" / "chat").iterdir()
+    assert shard.name == "chat-00000-of-00001.jsonl"
+    records = [json.loads(line) for line in shard.read_text().splitlines()]
     assert len(records) == report["total"]["conversations"] > 0
     assert {m: v["conversations"] for m, v in report["modes"].items()} == {
         mode: sum(r["id"].rsplit("-", 1)[0] == mode for r in records) for mode in ("multi-image", "multi-turn", "task", "text")}
@@ -60,7 +62,7 @@ def test_bad_records_are_rejected_rows_with_their_reasons(built):
 
 def test_sft_reads_the_built_file_without_a_reject(built, tmp_path):
     root, _, report = built
-    chat = stage2.run(["--input", str(root / "out" / "chat.jsonl"), "--output", str(tmp_path / "sft")], chat=True)
+    chat = stage2.run(["--input", f"{root / 'out' / 'chat'}/", "--output", str(tmp_path / "sft")], chat=True)
     assert chat["total"]["rejected"] == 0
     assert chat["total"]["samples"] == report["total"]["conversations"]
 
@@ -99,7 +101,7 @@ def test_images_carried_as_bytes_are_written_once_by_their_hash(built):
                 carried[hashlib.sha256(e.image_bytes).hexdigest()] = e.image_bytes
     written = {p.stem: p.read_bytes() for p in (root / "out" / "images").iterdir()}
     assert written and set(written) <= set(carried) and all(written[h] == carried[h] for h in written)
-    shown = {m for line in (root / "out" / "chat.jsonl").read_text().splitlines() for m in re.findall(r"<img>([^<]+)</img>", line)}
+    shown = {m for line in (root / "out" / "chat" / "chat-00000-of-00001.jsonl").read_text().splitlines() for m in re.findall(r"<img>([^<]+)</img>", line)}
     assert {Path(p).stem for p in shown if "/out/images/" in p} <= set(written)
     prepare, source_spec = sft_build.PrepareExamples(str(root / "again")), stage2.Source("grounding", "grit", source, source, ())
     examples = [e for path in sorted(Path(source).glob("*.parquet")) for e in convert("grounding", "grit", str(path)) if getattr(e, "image_bytes", None)]
@@ -107,3 +109,9 @@ def test_images_carried_as_bytes_are_written_once_by_their_hash(built):
     digest = hashlib.sha256(example.image_bytes).hexdigest()
     assert path == prepared.image == str(root / "again" / "images" / f"{digest}.jpg") and prepared.image_bytes is None
     assert Path(path).read_bytes() == example.image_bytes
+
+
+def test_sft_input_folder_without_chat_files_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert beam_runner.main(["sft", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: --input {tmp_path / 'empty'}: no .json or .jsonl files there"]
