@@ -16,6 +16,9 @@ Printed per model, in images/s:
     ("pil": the workers decode with PIL, as PreprocessClip does; "device": the workers only tokenize and
     the JPEGs are decoded in the main process on the model's device, as ScoreClip(decode_on_device=True)
     does), timed from the first batch on (steady state), with its ratio to (a);
+(d) (b) "pil" again with the NSFW and aesthetic heads (filters/score_heads.py, released widths, random
+    weights) applied to each batch's image embeddings, as ScoreClip does when they are named: their
+    cost beside CLIP alone (target: under 5% more time on CPU);
 (c) ScoreClip itself in a Beam pipeline (FnApiRunner; --beam-workers > 1 for multi_processing, each
     process with its own model), reading the JPEGs from files, wall clock including pipeline start and
     model load; 0 skips it.
@@ -38,6 +41,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from filters.score_heads import LAYOUTS, load_head, save_random_head  # noqa: E402
 from filters.clip_score import ClipPreprocessor, ClipScorer, load_preprocessor, load_scorer, save_random_model  # noqa: E402
 
 DISTINCT = 256
@@ -112,21 +116,28 @@ def collate(items):
     return images, torch.stack(tokens)
 
 
-def stage_pool(scorer: ClipScorer, model: str, jpegs, captions, args, decode: str) -> tuple[float, int]:
-    """(b) steady-state img/s of the stage from JPEG bytes, and the scores' count (a check)."""
+def stage_pool(scorer: ClipScorer, model: str, jpegs, captions, args, decode: str, heads=()) -> tuple[float, int, float]:
+    """(b) steady-state img/s of the stage from JPEG bytes, the scores' count (a check), and the seconds
+    spent in `heads`: with them (d), each batch's image embeddings also go through them, as ScoreClip
+    does with --nsfw-model etc."""
     loader = torch.utils.data.DataLoader(
         Pairs(model, jpegs, captions, args.images, decode), batch_size=args.batch, num_workers=args.workers,
         collate_fn=collate, pin_memory=scorer.device.startswith("cuda"), prefetch_factor=4 if args.workers else None,
     )
-    scored, started, first = 0, None, 0
+    scored, started, first, in_heads = 0, None, 0, 0.0
     for images, tokens in loader:
         if decode == "device":
             images = torch.stack(scorer.preprocess_on_device(list(images)))
-        scored += len(scorer.score(images, tokens))  # .tolist() waits for the device: the batch is done
+        scores, embeddings = scorer.score_and_embed(images, tokens)
+        t0 = time.perf_counter()
+        for head in heads:
+            head(embeddings.cpu())
+        in_heads += time.perf_counter() - t0 if started is not None else 0.0
+        scored += len(scores.cpu().tolist())  # .tolist() waits for the device: the batch is done
         if started is None:
             started, first = time.perf_counter(), scored
     seconds = time.perf_counter() - started
-    return (scored - first) / seconds if seconds > 0 else float("nan"), scored
+    return (scored - first) / seconds if seconds > 0 else float("nan"), scored, in_heads / seconds if seconds > 0 else 0.0
 
 
 def stage_beam(model: str, jpegs, captions, args) -> tuple[float, float]:
@@ -196,10 +207,16 @@ def main() -> None:
         bare = bare_image_encoder(scorer, args.batch, args.images)
         print(f"  (a) bare image encoder, ready tensors on the device: {bare:,.0f} img/s (baseline)")
         for decode in args.decode.split(","):
-            rate, scored = stage_pool(scorer, model, jpegs, captions, args, decode)
+            rate, scored, _ = stage_pool(scorer, model, jpegs, captions, args, decode)
             assert scored == args.images, (scored, args.images)
             where = "PIL in the workers" if decode == "pil" else f"JPEGs decoded on {d['device']}"
             print(f"  (b) stage from JPEG bytes, DataLoader workers: {args.workers}, {where}: {rate:,.0f} img/s, {rate / bare:.2f} of (a)")
+            if decode == "pil":
+                heads = [load_head(h, save_random_head(h, Path(args.workdir) / "heads" / name / f"{h}.safetensors", scorer.embed_width), scorer.embed_width)
+                         for h in LAYOUTS]
+                with_heads, _, share = stage_pool(scorer, model, jpegs, captions, args, decode, heads)
+                print(f"  (d) the same with the NSFW and aesthetic heads on its embeddings: {with_heads:,.0f} img/s, "
+                      f"{with_heads / rate:.3f} of (b); the heads' own time: {100 * share:.2f}% of the stage's")
         if args.beam_workers:
             rate, seconds = stage_beam(model, jpegs, captions, args)
             print(
