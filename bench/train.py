@@ -73,7 +73,7 @@ from PIL import Image  # noqa: E402
 from formats.dialects import QWEN2_VL  # noqa: E402
 from formats.dynamic_resolution import image_grid, image_tokens, smart_resize  # noqa: E402
 from formats.mrope import IMAGE_PAD_ID, mrope_positions  # noqa: E402
-from formats.packing import Packed, Sample, pack  # noqa: E402
+from formats.packing import Packed, Sample, document_starts, pack  # noqa: E402
 from formats.schemas import PACKED  # noqa: E402
 from formats.tokenizer import IMG_END_ID, IMG_ID, IMGPAD_ID, PAD_ID  # noqa: E402
 from model import parallel, train  # noqa: E402
@@ -131,7 +131,7 @@ def forward_flops(m: ModelConfig | Qwen2VLConfig, stage: StageConfig, batch: dic
     llm = sequences * llm_flops(m, seq_len) + targets * head_flops(m)
     v = m.vision
     if isinstance(m, Qwen2VLConfig):
-        values, mlp = v.in_channels * v.temporal_patch_size * v.patch_size**2, int(v.embed_dim * v.mlp_ratio)
+        values, mlp = v.patch_values, int(v.embed_dim * v.mlp_ratio)
         groups = [segment_lengths([grid]) for grid in [*batch["image_grids"], *batch["video_grids"]]]
         vision = sum(vit_flops(v.embed_dim, mlp, v.depth, values, g) + merger_flops(m, sum(g)) for g in groups)
         return {VISION: vision, LLM: llm}
@@ -189,7 +189,7 @@ def row(s: Packed, images: list[bytes]) -> dict:
 
 def qwen2_vl_row(s: Packed) -> dict:
     grids = [list(image.grid) for image in s.images]
-    starts = [0, *(np.flatnonzero(np.diff(s.doc)) + 1).tolist()]  # each document (and the padding) from 0
+    starts = document_starts(s.doc)  # each document (and the padding) from 0
     return {
         **row(s, [image.data for image in s.images]), "dialect": "qwen2-vl",
         "image_sizes": [list(image.size) for image in s.images], "image_grid_thw": grids, "videos": [], "video_grid_thw": [],

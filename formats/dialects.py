@@ -115,6 +115,12 @@ def get_dialect(name: str) -> Dialect:
     return DIALECTS[name]
 
 
+def row_dialect(row: dict) -> Dialect:
+    """The dialect of a sample or packed row's ids: its `dialect` column, Qwen-VL where null or absent
+    (files written before the column)."""
+    return get_dialect(row.get("dialect") or QWEN_VL.name)
+
+
 def translate_grounding(text: str, dialect: Dialect) -> str:
     """`text` with the other dialects' phrase, box and quad tags written as `dialect`'s."""
     for other in DIALECTS.values():

@@ -227,6 +227,12 @@ def _sequence(pieces: list[_Piece], seq_len: int, arange: np.ndarray) -> Packed:
     return Packed(ids, mask, doc, pos, [p.sample.uid for p in pieces], [p.start for p in pieces], images)
 
 
+def document_starts(doc: np.ndarray) -> list[int]:
+    """Where each document of a sequence starts, and the padding run after them: 0, then every index
+    whose doc id differs from the one before (formats/mrope.py restarts its positions there)."""
+    return [0, *(np.flatnonzero(np.diff(doc)) + 1).tolist()]
+
+
 def efficiency(sequences: Sequence[Packed]) -> float:
     """The share of tokens that belong to a document (not padding)."""
     total = sum(len(s.doc) for s in sequences)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from formats.dialects import QWEN_VL, Dialect, get_dialect, translate_grounding
+from formats.dialects import Dialect, row_dialect, translate_grounding
 from formats.example import CAPTION, Invalid
 from formats.reasons import (
     CHAT_NOT_CHATML, IMAGE_MISSING, IMAGE_UNREADABLE, NO_PROMPT, NO_SUPERVISED_PART, SUPERVISED_TEXT_MISMATCH, UNSUPPORTED_LANGUAGE,
@@ -66,11 +66,6 @@ def image_extension(data: bytes) -> str | None:
             return _EXTENSIONS.get(image.format, image.format.lower())
     except Exception:  # PIL raises OSError, SyntaxError, ValueError... on bytes that are not an image
         return None
-
-
-def row_dialect(row: dict) -> Dialect:
-    """A sample row's dialect (Qwen-VL where the column is null or absent, as in files written before it)."""
-    return get_dialect(row.get("dialect") or QWEN_VL.name)
 
 
 def _span_re(dialect: Dialect, chat: bool) -> re.Pattern:

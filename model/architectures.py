@@ -168,9 +168,8 @@ class Qwen2VLTrainModel(Qwen2VL):
     def forward(self, input_ids, position_ids, doc_ids, loss_mask, images=None, image_grids=(), videos=None, video_grids=()):
         unused = 0.0
         if not (len(image_grids) or len(video_grids)):
-            v = self.cfg.vision
-            m = v.spatial_merge_size
-            blank = torch.zeros(m * m, v.in_channels * v.temporal_patch_size * v.patch_size**2, device=input_ids.device)
+            m = self.cfg.vision.spatial_merge_size
+            blank = torch.zeros(m * m, self.cfg.vision.patch_values, device=input_ids.device)
             unused = self.vision(blank, [(1, m, m)]).float().sum() * 0.0
         loss = super().forward(input_ids, position_ids, doc_ids, loss_mask, images, image_grids, videos, video_grids, reduction="sum")
         return loss + unused

@@ -127,6 +127,11 @@ class Qwen2VisionConfig:
     spatial_merge_size: int = 2  # the merger joins merge x merge patches into one LLM token
     in_channels: int = 3
 
+    @property
+    def patch_values(self) -> int:
+        """The values of one flattened patch: channels x frames x pixels (3 x 2 x 14 x 14 = 1176)."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
 
 @dataclass(frozen=True)
 class Qwen2LLMConfig:

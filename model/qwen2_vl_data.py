@@ -47,27 +47,23 @@ class Qwen2VLPackedStream(PackedStream):
         mrope = torch.tensor(column("mrope_position_ids"), dtype=torch.long)
         if tuple(mrope.shape) != (3, len(input_ids)):
             return INVALID
-        media = {}
-        for kind, pad, stored, patch in (
-            ("images", IMAGE_PAD_ID, zip(column("images"), column("image_sizes")), lambda item: image_patches(*item, self.vision)),
-            ("videos", VIDEO_PAD_ID, ((frames,) for frames in column("videos")), lambda item: video_patches(item[0], self.vision)),
-        ):
-            patches, grids = [], []
-            for item in stored:
-                try:
-                    p, grid = patch(item)
-                except Exception:  # PIL on bytes that are not an image; frames of different sizes
-                    return BAD_IMAGE
-                patches.append(p)
-                grids.append(grid)
-            stored_grids = [tuple(g) for g in column(kind.rstrip("s") + "_grid_thw")]
-            if grids != stored_grids or int((input_ids == pad).sum()) != sum(image_tokens(g, self.vision.spatial_merge_size) for g in grids):
+        try:
+            images = [image_patches(data, tuple(size), self.vision) for data, size in zip(column("images"), column("image_sizes"))]
+            videos = [video_patches(frames, self.vision) for frames in column("videos")]
+        except Exception:  # PIL on bytes that are not an image; frames of different sizes
+            return BAD_IMAGE
+        for found, stored, pad in ((images, column("image_grid_thw"), IMAGE_PAD_ID), (videos, column("video_grid_thw"), VIDEO_PAD_ID)):
+            grids = [grid for _, grid in found]
+            pads = sum(image_tokens(grid, self.vision.spatial_merge_size) for grid in grids)
+            if grids != [tuple(g) for g in stored] or int((input_ids == pad).sum()) != pads:
                 return INVALID
-            width = self.vision.in_channels * self.vision.temporal_patch_size * self.vision.patch_size**2
-            media[kind] = (torch.cat(patches) if patches else torch.empty(0, width), grids)
-        item = _item(input_ids, loss_mask, doc_ids, mrope, media["images"][0], table.column("uid")[row].as_py())
-        item.update(image_grids=media["images"][1], videos=media["videos"][0], video_grids=media["videos"][1])
+        item = _item(input_ids, loss_mask, doc_ids, mrope, self._joined(images), table.column("uid")[row].as_py())
+        item.update(image_grids=[g for _, g in images], videos=self._joined(videos), video_grids=[g for _, g in videos])
         return item
+
+    def _joined(self, found: list[tuple[torch.Tensor, tuple]]) -> torch.Tensor:
+        """The patches of several images (videos) one after another: [N, C*T*p*p]."""
+        return torch.cat([patches for patches, _ in found]) if found else torch.empty(0, self.vision.patch_values)
 
 
 def collate(items: list[dict]) -> dict:
@@ -77,9 +73,9 @@ def collate(items: list[dict]) -> dict:
         raise ValueError("collate: an empty batch")
     batch = {key: torch.stack([item[key] for item in items]) for key in TOKEN_KEYS if key != "position_ids"}
     batch["position_ids"] = torch.stack([item["position_ids"] for item in items], dim=1)
-    for kind in ("images", "videos"):
+    for kind, grids in (("images", "image_grids"), ("videos", "video_grids")):
         batch[kind] = torch.cat([item[kind] for item in items])
-        batch[kind.rstrip("s") + "_grids"] = [grid for item in items for grid in item[kind.rstrip("s") + "_grids"]]
+        batch[grids] = [grid for item in items for grid in item[grids]]
     batch["uid"] = [item["uid"] for item in items]
     batch["position"] = items[-1]["position"]
     batch["skipped"] = items[-1]["skipped"]

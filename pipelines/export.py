@@ -40,8 +40,8 @@ from apache_beam.metrics import Metrics
 
 from cli.usage import ArgumentParser, UsageError
 from formats import schemas
-from formats.row_messages import Conversation, check_images, curated_conversation, row_dialect, sample_conversation
-from formats.dialects import DIALECTS, get_dialect
+from formats.dialects import DIALECTS, get_dialect, row_dialect
+from formats.row_messages import Conversation, check_images, curated_conversation, sample_conversation
 from formats.example import CAPTION, Invalid
 from formats.files import is_dir, list_files, open_file, parquet_file
 from formats.ids import sample_uid

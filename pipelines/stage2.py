@@ -54,10 +54,12 @@ from formats.example import TEXT, Example, Invalid
 from formats.files import exists, has_glob, is_dir, join, match, open_file
 from formats.ids import sample_uid, sequence_uid
 from formats.mrope import mrope_positions
-from formats.packing import SEQ_LEN, Sample, pack
+from formats.packing import SEQ_LEN, Sample, document_starts, pack
 from formats.parquet_manifest import MANIFEST, write_manifest
 from formats.reasons import BAD_IMAGE_TAG, FILE_UNREADABLE, IMAGE_ASPECT_RATIO, IMAGE_MISSING, IMAGE_UNREADABLE, MALFORMED, VIDEO_UNSUPPORTED
 from formats.sources import CONVERTERS, PER_FILE, convert
+from formats.sources.records import Malformed
+from formats.sources.text import jsonl_records
 from formats.templates import check, render
 from formats.tokenizer import ImageTagError, QwenTokenizer, VocabularyError
 from formats.video import MAX_TOKENS as VIDEO_MAX_TOKENS, VideoError, read_video
@@ -284,8 +286,7 @@ def pack_group(group: tuple, seq_len: int, output: str, dialect_name: str = "qwe
         if dialect.image_slots is None:
             columns = ("image_sizes", "image_grid_thw", "videos", "video_grid_thw")
             row.update({column: joined(docs, column) for column in columns})
-            doc_starts = [0, *(i for i in range(1, seq_len) if s.doc[i] != s.doc[i - 1])]
-            row["mrope_position_ids"] = mrope_positions(s.ids, row["image_grid_thw"], row["video_grid_thw"], doc_starts).tolist()
+            row["mrope_position_ids"] = mrope_positions(s.ids, row["image_grid_thw"], row["video_grid_thw"], document_starts(s.doc)).tolist()
         packed.append(row)
     rejected = [{**{k: by_uid[r.uid][k] for k in ("uid", "task", "source", "key")}, "reason": r.reason, "detail": r.detail} for r in rejects]
     write_rows(group_file(FileSystems.join(output, "samples"), name, index, groups), rows, schemas.SAMPLES)
@@ -364,7 +365,7 @@ def format_report(report: dict) -> str:
 
 class ReadSource(beam.PTransform):
     """A Source's records, spread over the workers: its converter's Examples and Invalids (with `chat`,
-    the fine-tuning file's (index, record) pairs). Its files are listed in the pipeline, a worker each."""
+    the fine-tuning files' (FILE:INDEX, record) pairs). Its files are listed in the pipeline, a worker each."""
 
     def __init__(self, source: Source, chat: bool = False):
         super().__init__()
@@ -434,23 +435,16 @@ def read_chat(path: str, source: Source):
     rest are read."""
     name = os.path.basename(path)
     try:
-        with open_file(path, compression=None) as f:
-            data = f.read().decode("utf-8")
         if path.endswith(".jsonl"):
-            return [(f"{name}:{n}", _json_line(line, source, f"{name}:{n}")) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
-        records = json.loads(data)
+            return [(f"{name}:{n}", Invalid(source.format, f"{name}:{n}", MALFORMED, str(record)) if isinstance(record, Malformed) else record)
+                    for n, record in jsonl_records(path)]
+        with open_file(path, compression=None) as f:
+            records = json.loads(f.read().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return [(f"{name}:0", Invalid(source.format, path, FILE_UNREADABLE, f"{type(e).__name__}: {e}"))]
     if not isinstance(records, list):
         return [(f"{name}:0", Invalid(source.format, path, FILE_UNREADABLE, "not a JSON list of records"))]
     return [(f"{name}:{i}", record) for i, record in enumerate(records)]
-
-
-def _json_line(line: str, source: Source, where: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        return Invalid(source.format, where, MALFORMED, f"not JSON ({e})")
 
 
 def parse_source(spec: str, images: dict[str, str]) -> Source:

@@ -168,3 +168,12 @@ def test_efficiency_near_uniform_captions():
     ours = sum(lengths) / (2048 * len(fill_bins(lengths, 2048)))
     bfd = sum(lengths) / (2048 * len(best_fit_decreasing(lengths, 2048)))
     assert ours > 0.965 and bfd < 0.935
+
+
+def test_document_starts():
+    from formats.packing import document_starts
+
+    assert document_starts(np.array([0, 0, 1, 1, 1, 2, -1, -1], dtype=np.int32)) == [0, 2, 5, 6]
+    assert document_starts(np.array([0, 0, 0], dtype=np.int32)) == [0]
+    (s,), _ = pack([Sample("a", [5, 6, 7], [1, 1, 1]), Sample("b", [8, 9], [1, 1])], seq_len=8)
+    assert document_starts(s.doc) == [0, 3, 5]

@@ -91,7 +91,7 @@ def test_videos_are_sampled_at_2_fps_into_pairs_of_frames(runs):
     root, _, _ = runs
     rows = [row for row in table(root / "q2" / "samples") if row["videos"]]
     for row in rows:
-        [frames], [grid], [size] = row["videos"], row["video_grid_thw"], [None]
+        [frames], [grid] = row["videos"], row["video_grid_thw"]
         t, h, w = grid
         assert len(frames) == 2 * t and Image.open(io.BytesIO(frames[0])).size == (w * 14, h * 14)
         [(pad, _, pads)] = spans(row["input_ids"])

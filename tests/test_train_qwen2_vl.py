@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from formats.mrope import IMAGE_PAD_ID, VIDEO_PAD_ID, mrope_positions
-from formats.packing import Sample, pack
+from formats.packing import Sample, document_starts, pack
 from formats.schemas import PACKED
 from model import checkpoint, train
 from model.config import LLM, QWEN2_VL_STAGES, VISION
@@ -51,7 +51,7 @@ def packed_rows(n: int = 8, seed: int = 0) -> list[dict]:
         (s,), rejects = pack(samples, seq_len=SEQ, image_id=VISION_START)
         assert rejects == []
         image_grids, video_grids = [[1, 4, 4]] * len(images), [[2, 4, 4]] * len(videos)
-        starts = [0, *(j for j in range(1, SEQ) if s.doc[j] != s.doc[j - 1])]
+        starts = document_starts(s.doc)
         rows.append({
             "uid": "+".join(s.uids), "task": "t", "input_ids": s.ids.tolist(), "loss_mask": s.mask.tolist(),
             "doc_ids": s.doc.tolist(), "position_ids": s.pos.tolist(), "images": images, "sample_uids": s.uids,

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from PIL import Image, ImageColor, ImageDraw, ImageFont, UnidentifiedImageError
 
+from formats.dialects import row_dialect
 from formats.markup import TextRegion, text_regions
-from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, Vision, decoded_runs, document_facts, efficiency, image_summary, packed_documents, packing, row_dialect, show_value, span_names, vision_data, vision_facts, visions
+from viewer.rows import BATCH_ROWS, DECODE_ERRORS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, Vision, decoded_runs, document_facts, efficiency, image_summary, packed_documents, packing, show_value, span_names, vision_data, vision_facts, visions
 from viewer.sampling import pick, where_label
 
 THUMB_PX = 256  # longer side of a contact-sheet thumbnail

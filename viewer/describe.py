@@ -16,9 +16,9 @@ and tokens. The Qwen2-VL columns (formats/schemas.py QWEN2_VL_COLUMNS, video_ref
 not null, so a Qwen-VL row reads as it did before them.
 """
 
-from formats.dialects import QWEN2_VL
+from formats.dialects import QWEN2_VL, row_dialect
 from formats.schemas import QWEN2_VL_COLUMNS
-from viewer.rows import BATCH_ROWS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, efficiency, packed_documents, packing, row_dialect, show_value, span_names, vision_facts, visions
+from viewer.rows import BATCH_ROWS, PACKED, PAIRS, SAMPLES, TOKEN_BATCH_ROWS, Dataset, decoded_runs, document_facts, efficiency, packed_documents, packing, show_value, span_names, vision_facts, visions
 from viewer.sampling import pick, where_label
 
 MAX_DECODED = 600  # characters of decoded text shown per sample or document by `describe`

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from formats.dialects import QWEN_VL, Dialect, get_dialect
+from formats.dialects import Dialect, row_dialect
 from formats.dynamic_resolution import image_tokens
 from formats.tokenizer import QwenTokenizer, VocabularyError
 
@@ -172,11 +172,6 @@ def kind_of(names) -> str:
     if {"input_ids", "loss_mask"} <= names:
         return PACKED if "doc_ids" in names else SAMPLES
     return PAIRS
-
-
-def row_dialect(row: dict) -> Dialect:
-    """The dialect of a row's ids: its `dialect` column, Qwen-VL where null or absent (older files)."""
-    return get_dialect(row.get("dialect") or QWEN_VL.name)
 
 
 @functools.cache
