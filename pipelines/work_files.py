@@ -9,71 +9,55 @@ Shuffle per candidate: its slim record for dedup (pipelines/find_duplicates.py),
 duplicate's (uid, detail) or a score's (uid, float), about 100 bytes; the image bytes go through the
 work folder (written once, read twice: by the CLIP pass and the decision), never through a shuffle.
 
-A file is named after its first row's uid, so a retried bundle rewrites the same file instead of leaving
-a second copy, and the files a run reads are exactly those named by the bundles that committed.
+Each input file's candidates go to work files of their own, named after the input (WorkFileWriter), so
+a retried or resumed input rewrites the same files, and everything decided about a work file, written to
+curated/ and rejected/ under its name, is the same on every run.
 """
 
+import hashlib
+
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
 from formats import schemas
 from formats.files import parquet_file
-from pipelines.find_duplicates import member
-from pipelines.sink import parquet_codecs
+from pipelines.sink import ParquetFile
 
 ROWS_PER_FILE = 2000  # rows, and so decisions, per file: ~160 MB of web images
 ROW_GROUP = 100  # rows buffered before they are written (~8 MB of images)
-FILES = "files"  # the output tag of the files written
 
 
-class WriteWorkFiles(beam.DoFn):
-    """Candidate rows -> work files under `folder`; outputs each row's slim dedup record (Member, its
-    `where` the file) and, tagged FILES, each file's path once it is complete."""
+def input_key(source: str, path: str) -> str:
+    """The name every file made from one input file starts with: a digest of its source and path."""
+    return hashlib.blake2b(f"{source}\0{path}".encode(), digest_size=8).hexdigest()
 
-    def __init__(self, folder: str):
-        self.folder = folder
 
-    def start_bundle(self):
-        self._reset()
+class WorkFileWriter:
+    """One input file's candidates -> work files FOLDER/KEY-00000.parquet, KEY-00001.parquet, ... of
+    ROWS_PER_FILE rows each, in the order the input holds them: the same input always gives the same
+    files, so a retried or resumed input rewrites them instead of leaving other copies."""
 
-    def _reset(self):
-        """No file open: the next row starts one."""
-        self.path, self.writer, self.stream, self.rows, self.buffer = None, None, None, 0, []
+    def __init__(self, folder: str, key: str):
+        self.folder, self.key = folder, key
+        self.files, self.out = [], None
 
-    def process(self, row: dict):
-        if self.writer is None:
-            self.path = FileSystems.join(self.folder, f"candidate-{row['uid']}.parquet")
-            self.stream = FileSystems.create(self.path)
-            self.writer = pq.ParquetWriter(self.stream, schemas.CURATED, compression=parquet_codecs(schemas.CURATED))
-        self.buffer.append(row)
-        self.rows += 1
-        yield member(row, self.path)
-        if len(self.buffer) >= ROW_GROUP:
-            self._flush()
-        if self.rows >= ROWS_PER_FILE:
-            yield beam.pvalue.TaggedOutput(FILES, self._close())
-
-    def finish_bundle(self):
-        if self.writer is not None:
-            yield beam.pvalue.TaggedOutput(FILES, WindowedValue(self._close(), MIN_TIMESTAMP, [GlobalWindow()]))
-
-    def _flush(self):
-        self.writer.write_table(pa.Table.from_pylist(self.buffer, schemas.CURATED))
-        self.buffer = []
-
-    def _close(self) -> str:
-        if self.buffer:
-            self._flush()
-        self.writer.close()
-        self.stream.close()
-        path = self.path
-        self._reset()
+    def write(self, row: dict) -> str:
+        """Write a row; returns the path of the work file that holds it."""
+        if self.out is None:
+            name = f"{self.key}-{len(self.files):05d}.parquet"
+            self.out = ParquetFile(FileSystems.join(self.folder, name), schemas.CURATED, ROW_GROUP)
+        self.out.write(row)
+        path = self.out.path
+        if self.out.rows >= ROWS_PER_FILE:
+            self.close()
         return path
+
+    def close(self) -> list[str]:
+        """Finish the open file; returns every file written."""
+        if self.out is not None:
+            self.files.append(self.out.close())
+            self.out = None
+        return self.files
 
 
 def read_work_file(path: str):

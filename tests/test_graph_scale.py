@@ -26,8 +26,8 @@ BOUNDED_SIDE_INPUTS = {
 BOUNDED_GLOBAL_COMBINES = {
     "ClipThresholds/AllQuantiles": "per source, 1001 quantile points",
     "Histograms/List": "per (source, score), a fixed number of bin counts: sources x 3 x 40",
-    "Count[": "one count per (source, outcome) or (task, reason): sources x reasons",
-    "ListLanguages": "one count per (source, language): sources x 176",
+    "CountOutcomes/List": "one count per (source, outcome): sources x reasons",
+    "CountLanguages/List": "one count per (source, language): sources x 176",
     "Dedup/Components/CountUnsettled": "a sum: one integer",
     "List[": "one count per (task, source) or (task, reason)",
     "ListPacking": "one triple per task: at most 8",
@@ -92,7 +92,7 @@ def test_stage1_graph_has_only_bounded_side_inputs_and_global_combines(tmp_path)
     assert unlisted_side_inputs(found) == []
     assert unlisted(found.global_combines, BOUNDED_GLOBAL_COMBINES) == []
     own = own_side_inputs(found)
-    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "Decide"] + ["BuildReport"] * 6
+    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "Decide"] + ["BuildReport"] * 4
     assert all(view == "AsSingleton" for _, view, _ in own)
     assert any(label.startswith("Dedup/Components/CountUnsettled") for label in found.global_combines)
 
