@@ -38,6 +38,8 @@ STAGE2_SOURCES := --source caption:curated=demo/stage1/curated \
 # top 90% of each source by score (quantile mode) instead of LAION's absolute 0.28, which is for real weights.
 # Its NSFW and aesthetic heads are random too (make-score-heads): they run with the defaults' thresholds
 # (nsfw_max 1, aesthetic_min 0), so they reject only a pair whose random aesthetic score is below 0.
+# The random model's image embeddings are all alike (median cosine 0.95), so semantic dedup runs with a
+# tiny eps, 0.0025: it drops a handful of pairs (0.005 would drop a quarter of them).
 demo: $(STAMP)
 	$(PY) beam_runner.py make-sample --output demo/raw-en --pairs 2000 --seed 0 --language en
 	$(PY) beam_runner.py make-sample --output demo/raw-zh --pairs 500 --seed 1 --language zh
@@ -46,7 +48,8 @@ demo: $(STAMP)
 	printf '[sources.laion-en]\nclip_min_score = -1.0\nclip_keep_fraction = 0.9\n[sources.laion-zh]\nclip_keep_fraction = 0.9\n' > demo/stage1.toml
 	$(PY) beam_runner.py stage1 --input laion-en=demo/raw-en --input laion-zh=demo/raw-zh --output demo/stage1 \
 		--config demo/stage1.toml --clip-model local-dir:demo/clip-random \
-		--nsfw-model demo/heads-random/nsfw.safetensors --aesthetic-model demo/heads-random/aesthetic.safetensors
+		--nsfw-model demo/heads-random/nsfw.safetensors --aesthetic-model demo/heads-random/aesthetic.safetensors \
+		--semdedup-eps 0.0025
 	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
 	$(PY) beam_runner.py make-stage2-sample --output demo/annotated
 	$(PY) beam_runner.py stage2 --output demo/stage2 $(STAGE2_SOURCES)

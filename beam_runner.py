@@ -7,7 +7,7 @@
     python beam_runner.py make-score-heads --output DIR [--width 64] [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH]
-        [--nsfw-model PATH] [--aesthetic-model PATH] [Beam options]
+        [--nsfw-model PATH] [--aesthetic-model PATH] [--semdedup-eps EPS] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
     python beam_runner.py sft-build --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR

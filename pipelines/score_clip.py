@@ -11,6 +11,12 @@ inference call on the image embeddings the CLIP score computed: one image forwar
 score. A row's scores are a dict: {"clip_score": s, "nsfw_score": n, "aesthetic_score": a}, with the
 heads that ran.
 
+With `embeddings=True` the dict also carries the image embedding under EMBEDDING, as float16 bytes
+(filters/semantic_dedup.py), for semantic dedup (pipelines/semantic_dedup.py). It is what makes the
+output heavy: 768 x 2 = 1,536 bytes a pair for ViT-L/14 against ~30 for the scores, ~4 TB for 2.5B
+candidates wherever the output is shuffled or materialised. It is not a score: `without_embedding`
+takes it out before the scores reach rows, thresholds or histograms.
+
 The score is the cosine similarity of the L2-normalised embeddings, in [-1, 1] (not x100, not x
 logit_scale): LAION's 0.28 for ViT-B-32 is on this scale.
 
@@ -32,6 +38,7 @@ from apache_beam.utils import shared
 
 from filters.clip_score import ClipScorer, load_preprocessor, load_scorer
 from filters.score_heads import Head, load_head
+from filters.semantic_dedup import EMBEDDING, encode_embeddings
 
 NAMESPACE = "clip"
 DEFAULT_BATCH_SIZE = 64  # CPU; use 256-512 on a GPU
@@ -39,7 +46,12 @@ DEFAULT_BATCH_SIZE = 64  # CPU; use 256-512 on a GPU
 # One example: (preprocessed image [3, H, W], or the encoded bytes with decode_on_device, or None for an
 # image that did not decode; tokens [L])
 Example = tuple[torch.Tensor | bytes | None, torch.Tensor]
-Scores = dict[str, float]  # "clip_score" and a "{head}_score" per head
+Scores = dict[str, float | bytes]  # "clip_score" and a "{head}_score" per head (floats), EMBEDDING (bytes) when asked
+
+
+def without_embedding(key, scores: Scores | None) -> tuple:
+    """A (key, scores) pair with the scores' EMBEDDING entry left out: the scores alone."""
+    return key, scores and {name: value for name, value in scores.items() if name != EMBEDDING}
 
 
 @dataclass
@@ -64,10 +76,11 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, torch_threads: int | None = None,
-                 heads: dict[str, str] | None = None):
+                 heads: dict[str, str] | None = None, embeddings: bool = False):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model, self.pretrained, self.device, self.precision = model, pretrained, device, precision
         self.decode_on_device, self.torch_threads, self.heads = decode_on_device, torch_threads, heads or {}
+        self.embeddings = embeddings
 
     def load_model(self) -> Model:
         if self.torch_threads:
@@ -87,6 +100,8 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
             sims, embeddings = scorer.score_and_embed(torch.stack([images[i] for i in ok]), torch.stack([tokens[i] for i in ok]))
             columns = {"clip_score": sims} | {f"{name}_score": head(embeddings) for name, head in heads.items()}
             found = {name: values.cpu().tolist() for name, values in columns.items()}
+            if self.embeddings:
+                found[EMBEDDING] = encode_embeddings(embeddings.cpu().numpy())
             for j, i in enumerate(ok):
                 scores[i] = {name: values[j] for name, values in found.items()}
         Metrics.counter(NAMESPACE, "image_undecodable").inc(len(batch) - len(ok))
@@ -128,16 +143,17 @@ class PreprocessClip(beam.DoFn):
 class ScoreClip(beam.PTransform):
     """PCollection of rows with uid, caption and image (bytes) -> PCollection of (uid, scores): a dict
     with "clip_score" (in [-1, 1]) and a "{name}_score" per head of `heads` ({name: weights path}), or
-    None for an image that could not be decoded. `key` names the field(s) the scores are keyed by: a
-    tuple of names, e.g. ("uid", "source"), gives a tuple key."""
+    None for an image that could not be decoded; with `embeddings`, the image embedding too (EMBEDDING).
+    `key` names the field(s) the scores are keyed by: a tuple of names, e.g. ("uid", "source"), gives a
+    tuple key."""
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, key: str | tuple[str, ...] = "uid",
-                 torch_threads: int | None = None, heads: dict[str, str] | None = None):
+                 torch_threads: int | None = None, heads: dict[str, str] | None = None, embeddings: bool = False):
         super().__init__()
         self.model, self.pretrained, self.decode_on_device, self.key = model, pretrained, decode_on_device, key
         self.torch_threads = torch_threads
-        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads, heads)
+        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads, heads, embeddings)
 
     def expand(self, rows):
         return (

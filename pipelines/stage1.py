@@ -7,10 +7,11 @@ The steps, cheap first: read each source's files (a DoFn per file, spread over w
 rules (caption rules, fastText language ID, image header rules, the one decode that gives the pHash;
 filters/curate.py); dedup across the whole run (pipelines/find_duplicates.py); the CLIP score last, through
 RunInference, on what survives (pipelines/score_clip.py), with the optional NSFW and aesthetic heads on its
-image embeddings (filters/score_heads.py). Every pair ends in exactly one output, curated/ or rejected/,
-with the first rule it failed; the report counts them per source in that order and draws each score's
-histogram per source. A rerun into the same --output first removes what an earlier run left there, so the
-folder never mixes two runs.
+image embeddings (filters/score_heads.py); with --semdedup-eps, semantic dedup on those embeddings of what
+passes the scores (SemDeDup's method: pipelines/semantic_dedup.py). Every pair ends in exactly one output,
+curated/ or rejected/, with the first rule it failed; the report counts them per source in that order and
+draws each score's histogram per source. A rerun into the same --output first removes what an earlier run
+left there, so the folder never mixes two runs.
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ from filters.config import ConfigError, SourceConfig, load_config
 from filters.curate import reject_candidate
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
+from filters.semantic_dedup import EMBEDDING
 from formats import reasons, schemas
 from formats.pair import Reject
 from pipelines import resume as resume_lib
@@ -37,6 +39,7 @@ from pipelines.heap import map_large_blocks
 from pipelines.inputs import Input, resolve_input
 from pipelines.runner import counter_totals, pipeline_options
 from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource
+from pipelines.semantic_dedup import DEFAULT_ITERATIONS, DEFAULT_MAX_CLUSTER_SIZE, MAX_DEFAULT_CLUSTERS, PAIRS_PER_CLUSTER, SemanticDedup
 from pipelines.sink import REJECTED, ParquetFile
 from pipelines.work_files import JoinByFile, read_work_file
 
@@ -61,10 +64,11 @@ def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceCon
 
 class Decide(beam.DoFn):
     """The steps across the run, applied to the candidates of one work file, read back with that file's
-    decisions only: a duplicate, a CLIP score that could not be computed, or a score that fails its
-    source's threshold (score_reject) -> rejected/run-NAME.parquet; the rest -> curated/NAME.parquet,
-    NAME being the work file's (work_files.WorkFileWriter), so each run writes the same files. Outputs
-    ((source, outcome), count) per file, and tagged LANGUAGES ((source, language), count) of the kept.
+    decisions only: a duplicate, a CLIP score that could not be computed, a score that fails its
+    source's threshold (score_reject), or (with --semdedup-eps) a semantic duplicate of a pair kept ->
+    rejected/run-NAME.parquet; the rest -> curated/NAME.parquet, NAME being the work file's
+    (work_files.WorkFileWriter), so each run writes the same files. Outputs ((source, outcome), count)
+    per file, and tagged LANGUAGES ((source, language), count) of the kept.
 
     Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
     group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
@@ -79,6 +83,7 @@ class Decide(beam.DoFn):
     def process(self, joined: tuple, thresholds: dict):
         path, decisions = joined
         duplicates, scores = dict(decisions["duplicate"]), dict(decisions.get("score", ()))
+        semantic = dict(decisions.get("semantic", ()))
         name = path.rsplit("/", 1)[-1]
         outputs = {"curated": FileSystems.join(self.output, "curated", name), REJECTED: FileSystems.join(self.output, "rejected", f"run-{name}")}
         writers, outcomes, languages = {}, Counter(), Counter()
@@ -94,6 +99,9 @@ class Decide(beam.DoFn):
                 else:
                     reject = score_reject(found, thresholds[row["source"]], self.configs[row["source"]])
                     row = {**row, **found}
+                    if reject is None and row["uid"] in semantic:
+                        keeper, detail = semantic[row["uid"]]
+                        reject = Reject(reasons.SEMANTIC_DUPLICATE, detail, keeper)
             if reject:
                 Metrics.counter("stage1", reject.reason).inc()
                 outcomes[row["source"], reject.reason] += 1
@@ -121,6 +129,15 @@ def not_duplicates(joined: tuple):
     for row in read_work_file(path):
         if row["uid"] not in duplicates:
             yield {**row, "work_file": path}
+
+
+def semantic_candidate(scored: tuple, thresholds: dict, configs: dict[str, SourceConfig]):
+    """A ((uid, source, work file), scores with the embedding) pair from ScoreClip -> (uid, work file,
+    embedding) when the scores pass the source's thresholds: semantic dedup compares only pairs that will
+    be curated, so every keeper it names is curated."""
+    (uid, source, work_file), found = scored
+    if found is not None and score_reject(found, thresholds[source], configs[source]) is None:
+        yield uid, work_file, found[EMBEDDING]
 
 
 def clip_thresholds(quantiles: dict[str, list[float]], configs: dict[str, SourceConfig]) -> dict[str, float]:
@@ -175,10 +192,12 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     2. (with --clip-model) read each work file back with its duplicates, score the rest through
        RunInference (CLIP, and the NSFW and aesthetic heads on its image embeddings when given), turn
        the CLIP scores into per-source thresholds (absolute, or a top share) and count each score's
-       histogram bins per source;
-    3. read each work file back again with its own duplicates and scores, decide each row (the
-       thresholds, a few numbers per source, are the one side input), write its curated/ and rejected/
-       files.
+       histogram bins per source; with --semdedup-eps, the scores carry the image embeddings, and those
+       of the pairs that pass the thresholds go through semantic dedup (pipelines/semantic_dedup.py: its
+       answer keyed by work file, like the duplicates');
+    3. read each work file back again with its own duplicates, scores and semantic duplicates, decide
+       each row (the thresholds, a few numbers per source, are the one side input), write its curated/
+       and rejected/ files.
     The report is built from the outcome counts of the first and last passes, summed per key."""
     keep_images = settings["keep_rejected_images"]
     langid, work = settings["langid"], FileSystems.join(output, WORK)
@@ -195,22 +214,35 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
         | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (m.where, (m.uid, (keeper, detail))))
     )
     decisions = {"duplicate": duplicates}
-    clip = settings["clip"]
+    clip, semdedup = settings["clip"], settings["semdedup"]  # semdedup needs clip (prepare checks it)
     if clip:
-        from pipelines.score_clip import ScoreClip  # torch and open_clip load only when CLIP runs
+        from pipelines.score_clip import ScoreClip, without_embedding  # torch and open_clip load only when CLIP runs
 
         scores = (
             work_files
             | "JoinForClip" >> JoinByFile({"duplicate": duplicates})
             | "NotDuplicates" >> beam.FlatMap(not_duplicates)
-            | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source", "work_file"))
+            | "ClipScore" >> ScoreClip(**clip["options"], key=("uid", "source", "work_file"), embeddings=bool(semdedup))
         )
+        embedded = scores
+        if semdedup:
+            scores = embedded | "DropEmbeddings" >> beam.MapTuple(without_embedding)
         thresholds = beam.pvalue.AsSingleton(scores | "ClipThresholds" >> ClipThresholds(configs))
         decisions["score"] = scores | "ScoreByFile" >> beam.MapTuple(lambda key, found: (key[2], (key[0], found)))
         histograms = beam.pvalue.AsSingleton(scores | "Histograms" >> report_lib.ScoreHistograms())
+        if semdedup:
+            semantic = (
+                embedded
+                | "SemanticCandidates" >> beam.FlatMap(semantic_candidate, thresholds, configs)
+                | "SemanticDedup" >> SemanticDedup(**semdedup)
+            )
+            decisions["semantic"] = semantic["duplicates"]
+            clusters = beam.pvalue.AsSingleton(semantic["clusters"])
     else:
         thresholds = beam.pvalue.AsSingleton(p | "NoClip" >> beam.Create([{}]))
         histograms = beam.pvalue.AsSingleton(p | "NoScores" >> beam.Create([[]]))
+    if not semdedup:
+        clusters = beam.pvalue.AsSingleton(p | "NoSemanticDedup" >> beam.Create([None]))
     decided = (
         work_files
         | "JoinForDecide" >> JoinByFile(decisions)
@@ -219,13 +251,16 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     counts = [s[COUNTS] for s in screened] + [decided.outcomes] | "AllOutcomes" >> beam.Flatten() | "CountOutcomes" >> SumCounts()
     languages = decided[LANGUAGES] | "CountLanguages" >> SumCounts()
 
-    def report(_, counts, langs, thresholds, score_counts):
-        return report_lib.build_report(counts, langs, {**settings, "clip_thresholds": thresholds}, score_counts)
+    def report(_, counts, langs, thresholds, score_counts, clusters):
+        found = {**settings, "clip_thresholds": thresholds}
+        if clusters is not None:
+            found["semdedup"] = {**settings["semdedup"], "found": clusters}
+        return report_lib.build_report(counts, langs, found, score_counts)
 
     (
         p
         | "ReportStart" >> beam.Create([None])
-        | "BuildReport" >> beam.Map(report, *(beam.pvalue.AsSingleton(c) for c in (counts, languages)), thresholds, histograms)
+        | "BuildReport" >> beam.Map(report, *(beam.pvalue.AsSingleton(c) for c in (counts, languages)), thresholds, histograms, clusters)
         | "ToJson" >> beam.Map(lambda report: json.dumps(report, indent=2, ensure_ascii=False))
         | "WriteJson" >> beam.io.WriteToText(FileSystems.join(output, "report.json"), shard_name_template="")
     )
@@ -253,6 +288,9 @@ def parse_args(argv: list[str]):
     parser.add_argument("--clip-decode-on-device", action="store_true", help="decode JPEGs on the CLIP device (nvJPEG on a GPU) instead of with PIL on the CPU workers")
     parser.add_argument("--nsfw-model", help="LAION NSFW detector head on the CLIP image embeddings (safetensors or .pth; layout in filters/score_heads.py); needs --clip-model")
     parser.add_argument("--aesthetic-model", help="LAION improved-aesthetic-predictor head, e.g. sac+logos+ava1-l14-linearMSE.pth (or safetensors); needs --clip-model")
+    parser.add_argument("--semdedup-eps", type=float, metavar="EPS", help="semantic dedup (SemDeDup): drop a pair whose CLIP image embedding has a cosine similarity above 1 - EPS to a kept pair's in its k-means cluster; EPS in (0, 1); needs --clip-model")
+    parser.add_argument("--semdedup-clusters", type=int, metavar="K", help=f"k-means clusters for --semdedup-eps (default: one per {PAIRS_PER_CLUSTER:,} pairs that pass the scores, at most {MAX_DEFAULT_CLUSTERS:,})")
+    parser.add_argument("--semdedup-iterations", type=int, metavar="N", help=f"Lloyd iterations of that k-means (default {DEFAULT_ITERATIONS})")
     return parser.parse_known_args(argv)
 
 
@@ -265,7 +303,7 @@ def _model_settings(args) -> dict:
         raise UsageError(str(e)) from None
     if not 0 <= args.dedup_distance < HASH_BITS:
         raise UsageError(f"--dedup-distance must be in [0, {HASH_BITS}), not {args.dedup_distance}")
-    for name in ("dedup_rounds", "clip_batch_size", "clip_threads"):
+    for name in ("dedup_rounds", "clip_batch_size", "clip_threads", "semdedup_clusters", "semdedup_iterations"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, not {getattr(args, name)}")
     clip = None
@@ -292,7 +330,23 @@ def _model_settings(args) -> dict:
             if value:
                 raise UsageError(f"{flag} needs --clip-model" + (" (the head runs on its image embeddings)" if flag != "--clip-pretrained" else ""))
     dedup = {"max_distance": args.dedup_distance, "rounds": args.dedup_rounds}
-    return {"langid": {"model": langid.model_path, "from_package": args.langid_model is None}, "dedup": dedup, "clip": clip}
+    return {"langid": {"model": langid.model_path, "from_package": args.langid_model is None}, "dedup": dedup, "clip": clip,
+            "semdedup": _semdedup_settings(args)}
+
+
+def _semdedup_settings(args) -> dict | None:
+    """SemanticDedup's arguments (pipelines/semantic_dedup.py), or None without --semdedup-eps."""
+    if args.semdedup_eps is None:
+        for flag, value in (("--semdedup-clusters", args.semdedup_clusters), ("--semdedup-iterations", args.semdedup_iterations)):
+            if value is not None:
+                raise UsageError(f"{flag} needs --semdedup-eps")
+        return None
+    if not args.clip_model:
+        raise UsageError("--semdedup-eps needs --clip-model (it compares the CLIP image embeddings)")
+    if not 0 < args.semdedup_eps < 1:
+        raise UsageError(f"--semdedup-eps must be in (0, 1), not {args.semdedup_eps}")
+    iterations = args.semdedup_iterations or DEFAULT_ITERATIONS
+    return {"eps": args.semdedup_eps, "clusters": args.semdedup_clusters, "iterations": iterations, "max_cluster_size": DEFAULT_MAX_CLUSTER_SIZE, "seed": 0}
 
 
 def prepare(argv: list[str]):

@@ -4,7 +4,8 @@ report.json holds, per source and in total: input, dropped per rule in pipeline 
 the languages fastText found in what was kept; then, when CLIP ran, the histogram of each score per
 source (every scored pair, before the score thresholds: a fixed number of bins over a fixed range, counted
 by a CombinePerKey, so its size does not grow with the data); then the settings used (thresholds, the
-models and their weights' origin, the CLIP thresholds applied).
+models and their weights' origin, the CLIP thresholds applied, the semantic dedup's parameters and the
+clusters it found: how many, the largest, how many were split).
 """
 
 import json
@@ -157,6 +158,15 @@ def _models(settings: dict) -> list[str]:
         lines.append(f"{name}: weights {head['weights']}, on the CLIP image embeddings; {field}: {thresholds}")
         if head["random_weights"]:
             lines.append(f"WARNING: {name} head: {head['note']}")
+    semdedup = settings.get("semdedup")
+    if not semdedup:
+        return lines + ["semantic dedup: not run (no --semdedup-eps)"]
+    found = semdedup["found"]
+    lines.append(f"semantic dedup: cosine above {1 - semdedup['eps']:.4f} (eps {semdedup['eps']}) within {found['clusters']:,} k-means clusters "
+                 f"({semdedup['iterations']} iterations, the largest {found['largest']:,} pairs)")
+    if found["split"]:
+        lines.append(f"semantic dedup: {found['split']:,} clusters above {semdedup['max_cluster_size']:,} pairs were split into sub-groups; "
+                     "pairs across sub-groups were not compared")
     return lines
 
 

@@ -1,14 +1,16 @@
 """The stage-1 and stage-2 graphs hold nothing proportional to the run on one worker: every side input
 and every global combine is one of the bounded summaries listed here, each with why it is bounded.
 
-The graphs are built, not run, from the same prepare() a user's command goes through, with CLIP on (its
-branch adds the threshold side input), so a new step that broadcasts or gathers data fails here."""
+The graphs are built, not run, from the same prepare() a user's command goes through, with CLIP and
+semantic dedup on (their branches add the threshold side input and the k-means summaries), so a new step
+that broadcasts or gathers data fails here."""
 
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor
 
 from filters.clip_score import save_random_model
 from pipelines import stage1, stage2
+from pipelines.semantic_dedup import DEFAULT_ITERATIONS
 from synthetic.annotated_sets import make_stage2_sample
 from synthetic.raw_corpus import make_sample
 
@@ -17,7 +19,13 @@ from synthetic.raw_corpus import make_sample
 BOUNDED_SIDE_INPUTS = {
     "/WriteImpl/": "Beam's file sink: its initialisation result and the names of the shards written",
     "Decide": "per-source CLIP thresholds: one float per source",
-    "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds, score histograms",
+    "BuildReport": "outcome counts per (source, reason), languages per source (<= 176 each), thresholds, score histograms, "
+                   "the semantic dedup's cluster summary (three integers)",
+    "SemanticCandidates": "per-source CLIP thresholds: one float per source",
+    "SemanticDedup/KMeans/Seed": "one integer: the count of rows, which sets the default k",
+    "SemanticDedup/KMeans/Lloyd[": "the centroids: k x D floats, k at most the k-means++ sample (MAX_SAMPLE rows)",
+    "SemanticDedup/Assign/": "the final centroids: k x D floats, as above",
+    "SemanticDedup/SubGroup": "the member count per cluster: k integers",
     "Dedup/Components/NodeRoots": "one integer: the nodes not settled after the last round",
     "ToGroup": "stage 2: the sample (or reject) count per task, at most 8",
     "ShardConversations": "sft-build: one integer, the count of conversations (sizes the shards)",
@@ -35,6 +43,10 @@ BOUNDED_GLOBAL_COMBINES = {
     "CountConversations": "sft-build: one integer",
     "CountTexts": "sft-build: one integer",
     "SumModes": "sft-build: two integers per mode, at most 4 modes",
+    "SemanticDedup/KMeans/CountRows": "a count: one integer",
+    "SemanticDedup/KMeans/Sample": "a fixed-size sample: at most MAX_SAMPLE (200,000) embeddings, ~300 MB at 768 wide",
+    "SemanticDedup/KMeans/Lloyd[": "one summed vector per cluster: k x D floats",
+    "SemanticDedup/ClusterSizes": "one count per cluster: k integers",
 }
 
 
@@ -82,7 +94,8 @@ def own_side_inputs(found: GraphAudit) -> list[tuple]:
 def stage1_graph(tmp_path):
     make_sample(str(tmp_path / "raw"), pairs=20, seed=0, shard_size=10)
     save_random_model(tmp_path / "clip")
-    argv = ["--input", f"laion-en={tmp_path / 'raw'}", "--output", str(tmp_path / "out"), "--clip-model", f"local-dir:{tmp_path / 'clip'}"]
+    argv = ["--input", f"laion-en={tmp_path / 'raw'}", "--output", str(tmp_path / "out"), "--clip-model", f"local-dir:{tmp_path / 'clip'}",
+            "--semdedup-eps", "0.05"]
     args, inputs, configs, settings, _ = stage1.prepare(argv)
     return audit(lambda p: stage1.build_pipeline(p, inputs, configs, args.output, settings))
 
@@ -92,9 +105,11 @@ def test_stage1_graph_has_only_bounded_side_inputs_and_global_combines(tmp_path)
     assert unlisted_side_inputs(found) == []
     assert unlisted(found.global_combines, BOUNDED_GLOBAL_COMBINES) == []
     own = own_side_inputs(found)
-    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "Decide"] + ["BuildReport"] * 4
+    kmeans = 1 + 2 * DEFAULT_ITERATIONS + 2  # the seeding's count, two per Lloyd step, the assignment, the sub-groups
+    assert [consumer.split("/")[0] for consumer, _, _ in own] == ["Dedup", "SemanticCandidates"] + ["SemanticDedup"] * kmeans + ["Decide"] + ["BuildReport"] * 5
     assert all(view == "AsSingleton" for _, view, _ in own)
     assert any(label.startswith("Dedup/Components/CountUnsettled") for label in found.global_combines)
+    assert sum(label.startswith("SemanticDedup/KMeans/Lloyd[") for label in found.global_combines) == DEFAULT_ITERATIONS
 
 
 def test_stage2_and_sft_graphs_have_only_bounded_side_inputs_and_global_combines(tmp_path):

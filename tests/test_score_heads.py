@@ -145,7 +145,7 @@ def test_score_reject_both_outcomes_of_each_filter(tmp_path):
     assert (low.reason, low.detail) == ("aesthetic_low", "aesthetic_score 4.5000 < aesthetic_min 5.0000")
     first = stage1.score_reject({"clip_score": 0.1, "nsfw_score": 0.9, "aesthetic_score": 1.0}, 0.28, cfg)
     assert (first.reason, first.detail) == ("clip_score", "0.1000 < 0.2800")  # reason order: CLIP first
-    assert reasons.STAGE1_REASONS[-3:] == ("clip_score", "nsfw", "aesthetic_low")
+    assert reasons.STAGE1_REASONS[-4:] == ("clip_score", "nsfw", "aesthetic_low", "semantic_duplicate")
 
 
 def test_histograms_are_bounded_bins_per_source_and_drawn(tmp_path):
