@@ -36,8 +36,9 @@ STAGE2_SOURCES := --source caption:curated=demo/stage1/curated \
 # so that every image sample fits the 2048-token sequence; the released limit, 16384 tokens, needs longer ones.
 # The demo's CLIP model has random weights (no download): its scores mean nothing, so the demo keeps the
 # top 90% of each source by score (quantile mode) instead of LAION's absolute 0.28, which is for real weights.
-# Its NSFW and aesthetic heads are random too (make-score-heads): they run with the defaults' thresholds
-# (nsfw_max 1, aesthetic_min 0), so they reject only a pair whose random aesthetic score is below 0.
+# Its NSFW and aesthetic heads and its watermark detector are random too (make-score-heads): they run with
+# the defaults' thresholds (nsfw_max 1, aesthetic_min 0, watermark_max 1), so they reject only a pair whose
+# random aesthetic score is below 0.
 # The random model's image embeddings are all alike (median cosine 0.95), so semantic dedup runs with a
 # tiny eps, 0.0025: it drops a handful of pairs (0.005 would drop a quarter of them).
 demo: $(STAMP)
@@ -49,7 +50,7 @@ demo: $(STAMP)
 	$(PY) beam_runner.py stage1 --input laion-en=demo/raw-en --input laion-zh=demo/raw-zh --output demo/stage1 \
 		--config demo/stage1.toml --clip-model local-dir:demo/clip-random \
 		--nsfw-model demo/heads-random/nsfw.safetensors --aesthetic-model demo/heads-random/aesthetic.safetensors \
-		--semdedup-eps 0.0025
+		--watermark-model demo/heads-random/watermark.safetensors --semdedup-eps 0.0025
 	$(PY) beam_runner.py inspect demo/stage1/rejected --rows 0 --render demo/rejected.html --limit 300
 	$(PY) beam_runner.py make-stage2-sample --output demo/annotated
 	$(PY) beam_runner.py stage2 --output demo/stage2 $(STAGE2_SOURCES)

@@ -7,7 +7,7 @@
     python beam_runner.py make-score-heads --output DIR [--width 64] [--seed 0]
     python beam_runner.py stage1 --input SOURCE=PATH ... --output DIR [--config FILE] [--langid-model PATH]
         [--dedup-distance 4] [--clip-model NAME --clip-pretrained NAME_OR_PATH]
-        [--nsfw-model PATH] [--aesthetic-model PATH] [--semdedup-eps EPS] [Beam options]
+        [--nsfw-model PATH] [--aesthetic-model PATH] [--watermark-model PATH] [--semdedup-eps EPS] [Beam options]
     python beam_runner.py stage2 --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR [--seq-len 2048]
     python beam_runner.py sft --input chat.json --output DIR [--images DIR] [--seq-len 2048]
     python beam_runner.py sft-build --source TASK:FORMAT=PATH ... [--images FORMAT=DIR ...] --output DIR
@@ -104,10 +104,12 @@ def make_clip(argv: list[str]) -> None:
 
 def make_score_heads(argv: list[str]) -> None:
     from filters.score_heads import LAYOUTS, save_random_head
+    from filters.watermark import NAME, save_random_watermark
 
-    parser = ArgumentParser(prog="beam_runner.py make-score-heads", description="Write randomly initialised NSFW and aesthetic heads (offline demos and tests).")
-    parser.add_argument("--output", required=True, help="folder to write nsfw.safetensors and aesthetic.safetensors into")
-    parser.add_argument("--width", type=int, default=64, help="the CLIP embedding width they take (default 64: make-clip's model; ViT-L-14: 768)")
+    parser = ArgumentParser(prog="beam_runner.py make-score-heads",
+                            description="Write randomly initialised NSFW and aesthetic heads and a watermark detector (offline demos and tests).")
+    parser.add_argument("--output", required=True, help="folder to write nsfw.safetensors, aesthetic.safetensors and watermark.safetensors into")
+    parser.add_argument("--width", type=int, default=64, help="the CLIP embedding width the heads take (default 64: make-clip's model; ViT-L-14: 768)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
     if args.width < 1:
@@ -115,6 +117,8 @@ def make_score_heads(argv: list[str]) -> None:
     for name in LAYOUTS:
         path = save_random_head(name, os.path.join(args.output, f"{name}.safetensors"), args.width, args.seed)
         print(f"wrote a random-weight {name} head: --{name}-model {path}")
+    path = save_random_watermark(os.path.join(args.output, f"{NAME}.safetensors"), args.seed)
+    print(f"wrote a random-weight watermark detector: --{NAME}-model {path}")
     print("their scores mean nothing: use them to run the pipeline offline, never to filter real data")
 
 

@@ -17,8 +17,11 @@ Printed per model, in images/s:
     the JPEGs are decoded in the main process on the model's device, as ScoreClip(decode_on_device=True)
     does), timed from the first batch on (steady state), with its ratio to (a);
 (d) (b) "pil" again with the NSFW and aesthetic heads (filters/score_heads.py, released widths, random
-    weights) applied to each batch's image embeddings, as ScoreClip does when they are named: their
-    cost beside CLIP alone (target: under 5% more time on CPU);
+    weights) applied to each batch's image embeddings and the watermark detector (filters/watermark.py,
+    the released EfficientNet-B3, random weights) on each image's 256x256 input made from the same
+    decode in the workers, as ScoreClip does when they are named: their cost beside CLIP alone, with
+    the heads' and the detector's own time measured in the loop (the heads' target: under 5% more
+    time on CPU);
 (c) ScoreClip itself in a Beam pipeline (FnApiRunner; --beam-workers > 1 for multi_processing, each
     process with its own model), reading the JPEGs from files, wall clock including pipeline start and
     model load; 0 skips it.
@@ -42,6 +45,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from filters.score_heads import LAYOUTS, load_head, save_random_head  # noqa: E402
+from filters.watermark import WatermarkDetector, load_watermark, save_random_watermark  # noqa: E402
+from filters.watermark import preprocess as watermark_preprocess  # noqa: E402
 from filters.clip_score import ClipPreprocessor, ClipScorer, load_preprocessor, load_scorer, save_random_model  # noqa: E402
 
 DISTINCT = 256
@@ -92,10 +97,12 @@ def bare_image_encoder(scorer: ClipScorer, batch: int, images: int) -> float:
 
 
 class Pairs(torch.utils.data.Dataset):
-    """Pair i: (preprocessed image or the JPEG bytes, tokens), made in a DataLoader worker."""
+    """Pair i: (preprocessed image or the JPEG bytes, tokens, the watermark detector's input or None), made
+    in a DataLoader worker; with `watermark`, both inputs come from one PIL decode, as in PreprocessClip."""
 
-    def __init__(self, model: str, jpegs: list[bytes], captions: list[str], count: int, decode: str):
+    def __init__(self, model: str, jpegs: list[bytes], captions: list[str], count: int, decode: str, watermark: bool = False):
         self.model, self.jpegs, self.captions, self.count, self.decode = model, jpegs, captions, count, decode
+        self.watermark = watermark
         self.pre: ClipPreprocessor | None = None
 
     def __len__(self):
@@ -106,38 +113,51 @@ class Pairs(torch.utils.data.Dataset):
             self.pre = load_preprocessor(self.model, None)
         data = self.jpegs[i % len(self.jpegs)]
         tokens = self.pre.tokenize([self.captions[i % len(self.captions)]])[0]
-        return (self.pre.preprocess(data) if self.decode == "pil" else data), tokens
+        if self.decode != "pil":
+            return data, tokens, None
+        image = self.pre.decode(data)
+        return self.pre.transform(image), tokens, watermark_preprocess(image) if self.watermark else None
 
 
 def collate(items):
-    images, tokens = zip(*items)
+    images, tokens, marks = zip(*items)
     if isinstance(images[0], torch.Tensor):
         images = torch.stack(images)
-    return images, torch.stack(tokens)
+    return images, torch.stack(tokens), None if marks[0] is None else torch.stack(marks)
 
 
-def stage_pool(scorer: ClipScorer, model: str, jpegs, captions, args, decode: str, heads=()) -> tuple[float, int, float]:
-    """(b) steady-state img/s of the stage from JPEG bytes, the scores' count (a check), and the seconds
-    spent in `heads`: with them (d), each batch's image embeddings also go through them, as ScoreClip
-    does with --nsfw-model etc."""
+def stage_pool(scorer: ClipScorer, model: str, jpegs, captions, args, decode: str, heads=(),
+               watermark: WatermarkDetector | None = None) -> tuple[float, int, float, float]:
+    """(b) steady-state img/s of the stage from JPEG bytes, the scores' count (a check), and the shares of
+    the stage's time spent in `heads` and in `watermark`: with them (d), each batch's image embeddings
+    also go through the heads and its watermark inputs through the detector, as ScoreClip does with
+    --nsfw-model etc."""
     loader = torch.utils.data.DataLoader(
-        Pairs(model, jpegs, captions, args.images, decode), batch_size=args.batch, num_workers=args.workers,
+        Pairs(model, jpegs, captions, args.images, decode, watermark is not None), batch_size=args.batch, num_workers=args.workers,
         collate_fn=collate, pin_memory=scorer.device.startswith("cuda"), prefetch_factor=4 if args.workers else None,
     )
-    scored, started, first, in_heads = 0, None, 0, 0.0
-    for images, tokens in loader:
+    scored, started, first, in_heads, in_watermark = 0, None, 0, 0.0, 0.0
+    for images, tokens, marks in loader:
         if decode == "device":
             images = torch.stack(scorer.preprocess_on_device(list(images)))
         scores, embeddings = scorer.score_and_embed(images, tokens)
+        sync(scorer.device)
         t0 = time.perf_counter()
         for head in heads:
             head(embeddings.cpu())
-        in_heads += time.perf_counter() - t0 if started is not None else 0.0
+        t1 = time.perf_counter()
+        if watermark is not None:
+            watermark(marks).cpu()  # .cpu() waits for the device
+        t2 = time.perf_counter()
+        if started is not None:
+            in_heads, in_watermark = in_heads + t1 - t0, in_watermark + t2 - t1
         scored += len(scores.cpu().tolist())  # .tolist() waits for the device: the batch is done
         if started is None:
             started, first = time.perf_counter(), scored
     seconds = time.perf_counter() - started
-    return (scored - first) / seconds if seconds > 0 else float("nan"), scored, in_heads / seconds if seconds > 0 else 0.0
+    if seconds <= 0:
+        return float("nan"), scored, 0.0, 0.0
+    return (scored - first) / seconds, scored, in_heads / seconds, in_watermark / seconds
 
 
 def stage_beam(model: str, jpegs, captions, args) -> tuple[float, float]:
@@ -207,16 +227,18 @@ def main() -> None:
         bare = bare_image_encoder(scorer, args.batch, args.images)
         print(f"  (a) bare image encoder, ready tensors on the device: {bare:,.0f} img/s (baseline)")
         for decode in args.decode.split(","):
-            rate, scored, _ = stage_pool(scorer, model, jpegs, captions, args, decode)
+            rate, scored, _, _ = stage_pool(scorer, model, jpegs, captions, args, decode)
             assert scored == args.images, (scored, args.images)
             where = "PIL in the workers" if decode == "pil" else f"JPEGs decoded on {d['device']}"
             print(f"  (b) stage from JPEG bytes, DataLoader workers: {args.workers}, {where}: {rate:,.0f} img/s, {rate / bare:.2f} of (a)")
             if decode == "pil":
-                heads = [load_head(h, save_random_head(h, Path(args.workdir) / "heads" / name / f"{h}.safetensors", scorer.embed_width), scorer.embed_width)
-                         for h in LAYOUTS]
-                with_heads, _, share = stage_pool(scorer, model, jpegs, captions, args, decode, heads)
-                print(f"  (d) the same with the NSFW and aesthetic heads on its embeddings: {with_heads:,.0f} img/s, "
-                      f"{with_heads / rate:.3f} of (b); the heads' own time: {100 * share:.2f}% of the stage's")
+                folder = Path(args.workdir) / "heads" / name
+                heads = [load_head(h, save_random_head(h, folder / f"{h}.safetensors", scorer.embed_width), scorer.embed_width) for h in LAYOUTS]
+                watermark = load_watermark(save_random_watermark(folder / "watermark.safetensors")).to(scorer.device)
+                with_all, _, heads_share, watermark_share = stage_pool(scorer, model, jpegs, captions, args, decode, heads, watermark)
+                print(f"  (d) the same with the NSFW and aesthetic heads on its embeddings and the watermark detector on the same decode: "
+                      f"{with_all:,.0f} img/s, {with_all / rate:.3f} of (b); own time: heads {100 * heads_share:.2f}%, "
+                      f"watermark detector {100 * watermark_share:.1f}% of the stage's")
         if args.beam_workers:
             rate, seconds = stage_beam(model, jpegs, captions, args)
             print(

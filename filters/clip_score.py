@@ -72,13 +72,18 @@ class ClipPreprocessor:
     def __init__(self, transform, tokenizer):
         self.transform, self.tokenizer = transform, tokenizer
 
-    def preprocess(self, image_bytes: bytes) -> torch.Tensor | None:
-        """Encoded image -> [3, H, W] float tensor; None when the bytes do not decode (never raises)."""
+    @staticmethod
+    def decode(image_bytes: bytes) -> Image.Image | None:
+        """Encoded image -> RGB PIL image; None when the bytes do not decode (never raises)."""
         try:
-            image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+            return Image.open(io.BytesIO(image_bytes)).convert("RGB")
         except Exception:  # PIL raises OSError, ValueError, DecompressionBombError, SyntaxError...
             return None
-        return self.transform(image)
+
+    def preprocess(self, image_bytes: bytes) -> torch.Tensor | None:
+        """Encoded image -> [3, H, W] float tensor; None when the bytes do not decode (never raises)."""
+        image = self.decode(image_bytes)
+        return None if image is None else self.transform(image)
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """Captions -> [B, context_length] token ids."""

@@ -36,6 +36,7 @@ class SourceConfig:
     clip_keep_fraction: float  # CLIP: keep this top share of the source's scores (1 keeps all)
     nsfw_max: float  # NSFW head (--nsfw-model): reject a score above this, in [0, 1] (1 keeps all)
     aesthetic_min: float  # aesthetic head (--aesthetic-model): reject a score below this, in [0, 10] (0 keeps all of a trained head)
+    watermark_max: float  # watermark detector (--watermark-model): reject a score above this, in [0, 1] (1 keeps all)
 
     def problems(self) -> list[str]:
         """Every reason these thresholds make no sense, as short phrases."""
@@ -67,6 +68,8 @@ class SourceConfig:
             found.append(f"nsfw_max must be in [0, 1] (a probability), not {self.nsfw_max}")
         if not 0.0 <= self.aesthetic_min <= 10.0:
             found.append(f"aesthetic_min must be in [0, 10] (the predictor's rating scale), not {self.aesthetic_min}")
+        if not 0.0 <= self.watermark_max <= 1.0:
+            found.append(f"watermark_max must be in [0, 1] (a probability), not {self.watermark_max}")
         return found
 
 

@@ -117,4 +117,5 @@ def curate(pair: RawPair, cfg: SourceConfig, langid: LanguageId, keep_rejected_i
         "clip_score": None,
         "nsfw_score": None,
         "aesthetic_score": None,
+        "watermark_score": None,
     }

@@ -22,7 +22,8 @@ the CLIP model's embedding width.
   checked against the released model here.
 
 `save_random_head` writes a head with random weights, marked in the safetensors metadata; describe()
-then says its scores mean nothing.
+then says its scores mean nothing. filters/watermark.py reads its model's weights with the same
+read_weights, marker and describe() fields.
 """
 
 import json
@@ -34,12 +35,13 @@ import torch
 from formats.files import local_copy
 
 MARKER = "qwen_vl_data"  # safetensors metadata key that save_random_head writes
-RANDOM_NOTE = "randomly initialised test head: its scores mean nothing"
+RANDOM_NOTE = "randomly initialised test weights: their scores mean nothing"
+SHOWN_NAMES = 12  # a layout error lists at most this many names of each kind
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 
 
 class HeadError(ValueError):
-    """A head's weights that cannot be used (one line, for a usage error)."""
+    """A head's (or the watermark model's) weights that cannot be used (one line, for a usage error)."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,45 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise HeadError(f"{path} did not load: {type(e).__name__}: {first_line}") from None
 
 
+def read_weights(name: str, what: str, path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, describe() fields) of the weights file of score `name` (`what` names it in errors: "nsfw
+    head"): safetensors or a torch state dict read weights-only, on the CPU; a file on gs://, s3:// or
+    hdfs:// is copied to this machine first, once. The fields: layout, weights, random_weights (the marker
+    of save_random_head and random_metadata), note. Raises HeadError."""
+    local = Path(local_copy(path))
+    if not local.is_file():
+        raise HeadError(f"{what} weights not found: {path}")
+    tensors, metadata = _read(local)
+    random_weights = json.loads(metadata.get(MARKER, "{}")).get("random_weights") is True
+    return tensors, {"layout": name, "weights": path, "random_weights": random_weights, "note": RANDOM_NOTE if random_weights else None}
+
+
+def random_metadata(seed: int) -> dict[str, str]:
+    """The safetensors metadata that marks a file's weights random (read_weights reads it back)."""
+    return {MARKER: json.dumps({"random_weights": True, "seed": seed})}
+
+
+def listed(found: list[str]) -> str:
+    """The first SHOWN_NAMES of `found`, comma-separated, then their count if there are more."""
+    more = f", ... ({len(found)} in all)" if len(found) > SHOWN_NAMES else ""
+    return ", ".join(found[:SHOWN_NAMES]) + more
+
+
+def name_problems(names: list[str], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """`tensors`' names against a layout's `names`: "missing ..." and "unexpected ..." (listed), or
+    nothing when they are the same."""
+    missing, extra = [n for n in names if n not in tensors], sorted(set(tensors) - set(names))
+    return [f"missing {listed(missing)}"] * bool(missing) + [f"unexpected {listed(extra)}"] * bool(extra)
+
+
 def _problems(layout: Layout, tensors: dict[str, torch.Tensor]) -> list[str]:
     """What in `tensors` does not fit `layout`: missing or extra names, widths that do not chain."""
     names = [f"{p}.{kind}" for p in layout.linears for kind in ("weight", "bias")]
     names += ["normalization.mean", "normalization.variance"] if layout.normalization else []
-    missing, extra = [n for n in names if n not in tensors], sorted(set(tensors) - set(names))
-    if missing or extra:
-        return [f"missing {', '.join(missing)}"] * bool(missing) + [f"unexpected {', '.join(extra)}"] * bool(extra)
-    found, width = [], tensors[f"{layout.linears[0]}.weight"].shape[-1]
+    found = name_problems(names, tensors)
+    if found:
+        return found
+    width = tensors[f"{layout.linears[0]}.weight"].shape[-1]
     for p in layout.linears:
         weight, bias = tensors[f"{p}.weight"], tensors[f"{p}.bias"]
         if weight.dim() != 2 or weight.shape[1] != width or tuple(bias.shape) != (weight.shape[0],):
@@ -137,19 +170,13 @@ def _problems(layout: Layout, tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def load_head(name: str, path: str, embed_width: int | None = None) -> Head:
     """The `name` head ("nsfw" or "aesthetic") from a weights file in its layout (module docstring), on
-    the CPU; with `embed_width`, its input width is checked against the CLIP embedding's. A file on gs://,
-    s3:// or hdfs:// is copied to this machine first, once. Raises HeadError."""
+    the CPU (read_weights); with `embed_width`, its input width is checked against the CLIP embedding's.
+    Raises HeadError."""
     layout = LAYOUTS[name]
-    local = Path(local_copy(path))
-    if not local.is_file():
-        raise HeadError(f"{name} head weights not found: {path}")
-    tensors, metadata = _read(local)
+    tensors, info = read_weights(name, f"{name} head", path)
     problems = _problems(layout, tensors)
     if problems:
         raise HeadError(f"{path} is not the {name} head's layout ({', '.join(layout.linears)}): {'; '.join(problems)}")
-    marker = json.loads(metadata.get(MARKER, "{}"))
-    random_weights = marker.get("random_weights") is True
-    info = {"layout": name, "weights": path, "random_weights": random_weights, "note": RANDOM_NOTE if random_weights else None}
     head = Head(layout, tensors, info)
     if embed_width is not None and head.input_width != embed_width:
         raise HeadError(f"{name} head {path} takes {head.input_width}-wide embeddings, the CLIP model gives {embed_width}")
@@ -174,5 +201,5 @@ def save_random_head(name: str, path: str | Path, input_width: int, seed: int = 
         tensors["normalization.mean"] = torch.zeros(input_width)
         tensors["normalization.variance"] = torch.full((input_width,), 1.0 / input_width)  # unit-norm inputs -> unit scale
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={MARKER: json.dumps({"random_weights": True, "seed": seed})})
+    save_file(tensors, str(path), metadata=random_metadata(seed))
     return str(path)

@@ -39,6 +39,7 @@ DUPLICATE = "duplicate"  # an exact or near duplicate of the image kept (detail:
 CLIP_SCORE = "clip_score"  # image-text CLIP score below the source's threshold
 NSFW = "nsfw"  # the NSFW head's score on the CLIP image embedding above the source's nsfw_max
 AESTHETIC_LOW = "aesthetic_low"  # the aesthetic head's score on the CLIP image embedding below the source's aesthetic_min
+WATERMARK = "watermark"  # the watermark detector's probability above the source's watermark_max
 SEMANTIC_DUPLICATE = "semantic_duplicate"  # its CLIP image embedding within --semdedup-eps of a kept pair's (detail: its uid, the cosine)
 
 STAGE1_REASONS = (
@@ -64,6 +65,7 @@ STAGE1_REASONS = (
     CLIP_SCORE,
     NSFW,
     AESTHETIC_LOW,
+    WATERMARK,
     SEMANTIC_DUPLICATE,
 )
 

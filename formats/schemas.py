@@ -20,6 +20,7 @@ CURATED = pa.schema(
         ("clip_score", pa.float32()),  # null where not computed
         ("nsfw_score", pa.float32()),  # LAION's NSFW detector on the CLIP image embedding, in [0, 1]; null where not run
         ("aesthetic_score", pa.float32()),  # LAION's aesthetic predictor on it, about 1-10; null where not run
+        ("watermark_score", pa.float32()),  # LAION's watermark detector on the image, in [0, 1]; null where not run
     ]
 )
 

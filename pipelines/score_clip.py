@@ -8,8 +8,12 @@ comes out as (uid, None), in the same output: no second branch to flatten.
 
 The heads of filters/score_heads.py (`heads`: {"nsfw": PATH, "aesthetic": PATH}) run in the same
 inference call on the image embeddings the CLIP score computed: one image forward per image for every
-score. A row's scores are a dict: {"clip_score": s, "nsfw_score": n, "aesthetic_score": a}, with the
-heads that ran.
+score. The watermark detector of filters/watermark.py (`watermark`: PATH) takes pixels, not embeddings:
+PreprocessClip makes its 256x256 input from the same decoded image as CLIP's (one decode per image), and
+the same inference call runs it. A row's scores are a dict: {"clip_score": s, "nsfw_score": n,
+"aesthetic_score": a, "watermark_score": w}, with the models that ran. The watermark detector needs the
+CPU decode: with `decode_on_device` it is refused (ValueError), as the device path decodes in the
+inference step and makes CLIP's input only.
 
 With `embeddings=True` the dict also carries the image embedding under EMBEDDING, as float16 bytes
 (filters/semantic_dedup.py), for semantic dedup (pipelines/semantic_dedup.py). It is what makes the
@@ -39,14 +43,17 @@ from apache_beam.utils import shared
 from filters.clip_score import ClipScorer, load_preprocessor, load_scorer
 from filters.score_heads import Head, load_head
 from filters.semantic_dedup import EMBEDDING, encode_embeddings
+from filters.watermark import WatermarkDetector, load_watermark
+from filters.watermark import preprocess as watermark_preprocess
 
 NAMESPACE = "clip"
 DEFAULT_BATCH_SIZE = 64  # CPU; use 256-512 on a GPU
 
 # One example: (preprocessed image [3, H, W], or the encoded bytes with decode_on_device, or None for an
-# image that did not decode; tokens [L])
-Example = tuple[torch.Tensor | bytes | None, torch.Tensor]
-Scores = dict[str, float | bytes]  # "clip_score" and a "{head}_score" per head (floats), EMBEDDING (bytes) when asked
+# image that did not decode; tokens [L]; the watermark detector's input [3, 256, 256], or None without it)
+Example = tuple[torch.Tensor | bytes | None, torch.Tensor, torch.Tensor | None]
+Scores = dict[str, float | bytes]  # "clip_score", a "{head}_score" per head, "watermark_score" with the detector (floats); EMBEDDING (bytes) when asked
+WATERMARK_ON_DEVICE = "the watermark detector takes the image decoded on the CPU, not on the device"
 
 
 def without_embedding(key, scores: Scores | None) -> tuple:
@@ -56,16 +63,17 @@ def without_embedding(key, scores: Scores | None) -> tuple:
 
 @dataclass
 class Model:
-    """What a worker loads once: the CLIP scorer and the heads on its embeddings (a class, not a tuple:
-    Beam's shared handle keeps a weak reference to it)."""
+    """What a worker loads once: the CLIP scorer, the heads on its embeddings and the watermark detector
+    (a class, not a tuple: Beam's shared handle keeps a weak reference to it)."""
 
     scorer: ClipScorer
     heads: dict[str, Head]
+    watermark: WatermarkDetector | None
 
 
 class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
-    """RunInference's handler for filters.clip_score and filters.score_heads: load_model -> load_scorer
-    and load_head, a batch -> its scores.
+    """RunInference's handler for filters.clip_score, filters.score_heads and filters.watermark:
+    load_model -> load_scorer, load_head and load_watermark, a batch -> its scores.
 
     One model per worker process, shared by its threads and bundles: RunInference's DoFn
     (_RunInferenceDoFn in apache_beam/ml/inference/base.py, Beam 2.77) creates one `shared.Shared()`
@@ -76,10 +84,12 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, torch_threads: int | None = None,
-                 heads: dict[str, str] | None = None, embeddings: bool = False):
+                 heads: dict[str, str] | None = None, watermark: str | None = None, embeddings: bool = False):
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
+        if watermark and decode_on_device:
+            raise ValueError(WATERMARK_ON_DEVICE)
         self.model, self.pretrained, self.device, self.precision = model, pretrained, device, precision
-        self.decode_on_device, self.torch_threads, self.heads = decode_on_device, torch_threads, heads or {}
+        self.decode_on_device, self.torch_threads, self.heads, self.watermark = decode_on_device, torch_threads, heads or {}, watermark
         self.embeddings = embeddings
 
     def load_model(self) -> Model:
@@ -87,11 +97,11 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
             torch.set_num_threads(self.torch_threads)
         scorer = load_scorer(self.model, self.pretrained, self.device, self.precision)
         heads = {name: load_head(name, path, scorer.embed_width).to(scorer.device) for name, path in self.heads.items()}
-        return Model(scorer, heads)
+        return Model(scorer, heads, load_watermark(self.watermark).to(scorer.device) if self.watermark else None)
 
     def run_inference(self, batch, model: Model, inference_args=None) -> list[Scores | None]:
         scorer, heads = model.scorer, model.heads
-        images, tokens = zip(*batch)
+        images, tokens, marks = zip(*batch)
         if self.decode_on_device:
             images = scorer.preprocess_on_device(list(images))
         ok = [i for i, image in enumerate(images) if image is not None]
@@ -99,6 +109,8 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
         if ok:
             sims, embeddings = scorer.score_and_embed(torch.stack([images[i] for i in ok]), torch.stack([tokens[i] for i in ok]))
             columns = {"clip_score": sims} | {f"{name}_score": head(embeddings) for name, head in heads.items()}
+            if model.watermark:
+                columns["watermark_score"] = model.watermark(torch.stack([marks[i] for i in ok]))
             found = {name: values.cpu().tolist() for name, values in columns.items()}
             if self.embeddings:
                 found[EMBEDDING] = encode_embeddings(embeddings.cpu().numpy())
@@ -110,8 +122,9 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
     def get_num_bytes(self, batch) -> int:
         """Tensor and image bytes of the batch (the default pickles the whole batch to measure it)."""
         size = 0
-        for image, tokens in batch:
+        for image, tokens, marks in batch:
             size += tokens.nbytes + (image.nbytes if isinstance(image, torch.Tensor) else len(image or b""))
+            size += 0 if marks is None else marks.nbytes
         return size
 
     def get_metrics_namespace(self) -> str:
@@ -119,13 +132,14 @@ class ClipModelHandler(ModelHandler[Example, Scores | None, Model]):
 
 
 class PreprocessClip(beam.DoFn):
-    """Row -> (key, (image tensor or None, tokens)): each image decoded once, on the CPU. The transform
-    and tokenizer (no weights) are built once per worker process, in setup."""
+    """Row -> (key, (image tensor or None, tokens, watermark input or None)): each image decoded once, on
+    the CPU, into CLIP's input and, with `watermark`, the watermark detector's. The transform and
+    tokenizer (no weights) are built once per worker process, in setup."""
 
     def __init__(self, model: str, pretrained: str | None, decode_on_device: bool = False, key: str | tuple[str, ...] = "uid",
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, watermark: bool = False):
         self.model, self.pretrained, self.decode_on_device, self.key = model, pretrained, decode_on_device, key
-        self.torch_threads = torch_threads
+        self.torch_threads, self.watermark = torch_threads, watermark
         self._shared = shared.Shared()
 
     def setup(self):
@@ -135,29 +149,34 @@ class PreprocessClip(beam.DoFn):
 
     def process(self, row: dict):
         tokens = self.pre.tokenize([row["caption"]])[0]
-        image = row["image"] if self.decode_on_device else self.pre.preprocess(row["image"])
+        image, marks = row["image"], None
+        if not self.decode_on_device:
+            decoded = self.pre.decode(row["image"])
+            image = None if decoded is None else self.pre.transform(decoded)
+            marks = watermark_preprocess(decoded) if self.watermark and decoded is not None else None
         key = row[self.key] if isinstance(self.key, str) else tuple(row[field] for field in self.key)
-        yield key, (image, tokens)
+        yield key, (image, tokens, marks)
 
 
 class ScoreClip(beam.PTransform):
     """PCollection of rows with uid, caption and image (bytes) -> PCollection of (uid, scores): a dict
-    with "clip_score" (in [-1, 1]) and a "{name}_score" per head of `heads` ({name: weights path}), or
-    None for an image that could not be decoded; with `embeddings`, the image embedding too (EMBEDDING).
-    `key` names the field(s) the scores are keyed by: a tuple of names, e.g. ("uid", "source"), gives a
-    tuple key."""
+    with "clip_score" (in [-1, 1]), a "{name}_score" per head of `heads` ({name: weights path}) and
+    "watermark_score" with `watermark` (a weights path), or None for an image that could not be
+    decoded; with `embeddings`, the image embedding too (EMBEDDING). `key` names the field(s) the scores
+    are keyed by: a tuple of names, e.g. ("uid", "source"), gives a tuple key."""
 
     def __init__(self, model: str, pretrained: str | None = None, device: str | None = None, precision: str | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, decode_on_device: bool = False, key: str | tuple[str, ...] = "uid",
-                 torch_threads: int | None = None, heads: dict[str, str] | None = None, embeddings: bool = False):
+                 torch_threads: int | None = None, heads: dict[str, str] | None = None, watermark: str | None = None,
+                 embeddings: bool = False):
         super().__init__()
         self.model, self.pretrained, self.decode_on_device, self.key = model, pretrained, decode_on_device, key
-        self.torch_threads = torch_threads
-        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads, heads, embeddings)
+        self.torch_threads, self.watermark = torch_threads, bool(watermark)
+        self.handler = ClipModelHandler(model, pretrained, device, precision, batch_size, decode_on_device, torch_threads, heads, watermark, embeddings)
 
     def expand(self, rows):
         return (
             rows
-            | "ClipPreprocess" >> beam.ParDo(PreprocessClip(self.model, self.pretrained, self.decode_on_device, self.key, self.torch_threads))
+            | "ClipPreprocess" >> beam.ParDo(PreprocessClip(self.model, self.pretrained, self.decode_on_device, self.key, self.torch_threads, self.watermark))
             | "ClipInference" >> RunInference(KeyedModelHandler(self.handler))
         )

@@ -7,11 +7,12 @@ The steps, cheap first: read each source's files (a DoFn per file, spread over w
 rules (caption rules, fastText language ID, image header rules, the one decode that gives the pHash;
 filters/curate.py); dedup across the whole run (pipelines/find_duplicates.py); the CLIP score last, through
 RunInference, on what survives (pipelines/score_clip.py), with the optional NSFW and aesthetic heads on its
-image embeddings (filters/score_heads.py); with --semdedup-eps, semantic dedup on those embeddings of what
-passes the scores (SemDeDup's method: pipelines/semantic_dedup.py). Every pair ends in exactly one output,
-curated/ or rejected/, with the first rule it failed; the report counts them per source in that order and
-draws each score's histogram per source. A rerun into the same --output first removes what an earlier run
-left there, so the folder never mixes two runs.
+image embeddings (filters/score_heads.py) and the optional watermark detector on the same decoded image
+(filters/watermark.py); with --semdedup-eps, semantic dedup on those embeddings of what passes the scores
+(SemDeDup's method: pipelines/semantic_dedup.py). Every pair ends in exactly one output, curated/ or
+rejected/, with the first rule it failed; the report counts them per source in that order and draws each
+score's histogram per source. A rerun into the same --output first removes what an earlier run left
+there, so the folder never mixes two runs; --resume goes on from a killed one (pipelines/resume.py).
 """
 
 import dataclasses
@@ -49,7 +50,7 @@ log = logging.getLogger("stage1")
 
 def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceConfig) -> Reject | None:
     """The first score of a row that fails its source's threshold, in reason order (CLIP, NSFW,
-    aesthetic), or None; a head's score is checked only when the head ran."""
+    aesthetic, watermark), or None; a head's or the detector's score is checked only when it ran."""
     score = scores["clip_score"]
     if score < clip_threshold:
         return Reject(reasons.CLIP_SCORE, f"{score:.4f} < {clip_threshold:.4f}")
@@ -59,6 +60,9 @@ def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceCon
     aesthetic = scores.get("aesthetic_score")
     if aesthetic is not None and aesthetic < cfg.aesthetic_min:
         return Reject(reasons.AESTHETIC_LOW, f"aesthetic_score {aesthetic:.4f} < aesthetic_min {cfg.aesthetic_min:.4f}")
+    watermark = scores.get("watermark_score")
+    if watermark is not None and watermark > cfg.watermark_max:
+        return Reject(reasons.WATERMARK, f"watermark_score {watermark:.4f} > watermark_max {cfg.watermark_max:.4f}")
     return None
 
 
@@ -190,11 +194,12 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
        is not read again); meanwhile find the duplicates on slim records (pipelines/find_duplicates.py),
        each keyed back to its work file;
     2. (with --clip-model) read each work file back with its duplicates, score the rest through
-       RunInference (CLIP, and the NSFW and aesthetic heads on its image embeddings when given), turn
-       the CLIP scores into per-source thresholds (absolute, or a top share) and count each score's
-       histogram bins per source; with --semdedup-eps, the scores carry the image embeddings, and those
-       of the pairs that pass the thresholds go through semantic dedup (pipelines/semantic_dedup.py: its
-       answer keyed by work file, like the duplicates');
+       RunInference (CLIP, and when given the NSFW and aesthetic heads on its image embeddings and the
+       watermark detector on its decoded image), turn the CLIP scores into per-source thresholds
+       (absolute, or a top share) and count each score's histogram bins per source; with
+       --semdedup-eps, the scores carry the image embeddings, and those of the pairs that pass the
+       thresholds go through semantic dedup (pipelines/semantic_dedup.py: its answer keyed by work file,
+       like the duplicates');
     3. read each work file back again with its own duplicates, scores and semantic duplicates, decide
        each row (the thresholds, a few numbers per source, are the one side input), write its curated/
        and rejected/ files.
@@ -288,6 +293,8 @@ def parse_args(argv: list[str]):
     parser.add_argument("--clip-decode-on-device", action="store_true", help="decode JPEGs on the CLIP device (nvJPEG on a GPU) instead of with PIL on the CPU workers")
     parser.add_argument("--nsfw-model", help="LAION NSFW detector head on the CLIP image embeddings (safetensors or .pth; layout in filters/score_heads.py); needs --clip-model")
     parser.add_argument("--aesthetic-model", help="LAION improved-aesthetic-predictor head, e.g. sac+logos+ava1-l14-linearMSE.pth (or safetensors); needs --clip-model")
+    parser.add_argument("--watermark-model", help="LAION watermark detector, e.g. watermark_model_v1.pt (or safetensors; layout in filters/watermark.py), "
+                                                  "on the image CLIP decodes; needs --clip-model, not with --clip-decode-on-device")
     parser.add_argument("--semdedup-eps", type=float, metavar="EPS", help="semantic dedup (SemDeDup): drop a pair whose CLIP image embedding has a cosine similarity above 1 - EPS to a kept pair's in its k-means cluster; EPS in (0, 1); needs --clip-model")
     parser.add_argument("--semdedup-clusters", type=int, metavar="K", help=f"k-means clusters for --semdedup-eps (default: one per {PAIRS_PER_CLUSTER:,} pairs that pass the scores, at most {MAX_DEFAULT_CLUSTERS:,})")
     parser.add_argument("--semdedup-iterations", type=int, metavar="N", help=f"Lloyd iterations of that k-means (default {DEFAULT_ITERATIONS})")
@@ -311,24 +318,34 @@ def _model_settings(args) -> dict:
         from filters.clip_score import ClipError, load_scorer  # torch and open_clip load only when CLIP runs
 
         from filters.score_heads import HeadError, load_head
+        from filters.watermark import load_watermark
+        from pipelines.score_clip import WATERMARK_ON_DEVICE
 
+        if args.watermark_model and args.clip_decode_on_device:
+            raise UsageError(f"--watermark-model does not run with --clip-decode-on-device: {WATERMARK_ON_DEVICE}")
         options = dict(model=args.clip_model, pretrained=args.clip_pretrained, device=args.clip_device, precision=args.clip_precision)
         heads = {name: path for name, path in (("nsfw", args.nsfw_model), ("aesthetic", args.aesthetic_model)) if path}
         try:
             scorer = load_scorer(**options)
             described = {name: load_head(name, path, scorer.embed_width).describe() for name, path in heads.items()}
+            if args.watermark_model:
+                described["watermark"] = load_watermark(args.watermark_model).describe()
         except (ClipError, HeadError) as e:
             raise UsageError(str(e)) from None
         described = {"model": scorer.describe(), **described}
         for name, what in described.items():
             if what["random_weights"]:
-                log.warning("%s: %s", "CLIP" if name == "model" else f"{name} head", what["note"])
-        tuning = {"batch_size": args.clip_batch_size, "torch_threads": args.clip_threads, "decode_on_device": args.clip_decode_on_device, "heads": heads}
+                log.warning("%s: %s", report_lib.LABELS[name], what["note"])
+        tuning = {"batch_size": args.clip_batch_size, "torch_threads": args.clip_threads, "decode_on_device": args.clip_decode_on_device, "heads": heads,
+                  "watermark": args.watermark_model}
         clip = {"options": {**options, **{name: value for name, value in tuning.items() if value}}, **described}
     else:
-        for flag, value in (("--clip-pretrained", args.clip_pretrained), ("--nsfw-model", args.nsfw_model), ("--aesthetic-model", args.aesthetic_model)):
+        needs = (("--clip-pretrained", args.clip_pretrained, ""), ("--nsfw-model", args.nsfw_model, " (the head runs on its image embeddings)"),
+                 ("--aesthetic-model", args.aesthetic_model, " (the head runs on its image embeddings)"),
+                 ("--watermark-model", args.watermark_model, " (the detector runs in its inference step, on the image it decodes)"))
+        for flag, value, why in needs:
             if value:
-                raise UsageError(f"{flag} needs --clip-model" + (" (the head runs on its image embeddings)" if flag != "--clip-pretrained" else ""))
+                raise UsageError(f"{flag} needs --clip-model{why}")
     dedup = {"max_distance": args.dedup_distance, "rounds": args.dedup_rounds}
     return {"langid": {"model": langid.model_path, "from_package": args.langid_model is None}, "dedup": dedup, "clip": clip,
             "semdedup": _semdedup_settings(args)}

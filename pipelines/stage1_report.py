@@ -18,7 +18,15 @@ from formats.reasons import STAGE1_REASONS
 KEPT = "kept"
 BINS = 40
 # Each score's histogram range; a score outside it is counted in the nearest end bin.
-SCORE_RANGES = {"clip_score": (-1.0, 1.0), "nsfw_score": (0.0, 1.0), "aesthetic_score": (0.0, 10.0)}
+SCORE_RANGES = {"clip_score": (-1.0, 1.0), "nsfw_score": (0.0, 1.0), "aesthetic_score": (0.0, 10.0), "watermark_score": (0.0, 1.0)}
+# The models in the settings' "clip" entry, as the report and the run's warnings name them.
+LABELS = {"model": "CLIP", "nsfw": "nsfw head", "aesthetic": "aesthetic head", "watermark": "watermark model"}
+# The optional scores beside CLIP's: (name, its threshold in the source's config, what it scores)
+OPTIONAL_SCORES = (
+    ("nsfw", "nsfw_max", "on the CLIP image embeddings"),
+    ("aesthetic", "aesthetic_min", "on the CLIP image embeddings"),
+    ("watermark", "watermark_max", "on each image CLIP decoded, resized to 256x256"),
+)
 
 
 def score_bin(name: str, value: float) -> int:
@@ -149,15 +157,15 @@ def _models(settings: dict) -> list[str]:
     lines += [f"CLIP: {model['model']}, weights {model['weights']}, {model['precision']} on {model['device']}; thresholds: {thresholds}"]
     if model["random_weights"]:
         lines.append(f"WARNING: {model['note']}")
-    for name, field in (("nsfw", "nsfw_max"), ("aesthetic", "aesthetic_min")):
-        head = clip.get(name)
-        if not head:
+    for name, field, what in OPTIONAL_SCORES:
+        found = clip.get(name)
+        if not found:
             lines.append(f"{name}: not run (no --{name}-model); {name}_score is null")
             continue
         thresholds = ", ".join(f"{source} {values[field]:.4f}" for source, values in settings["thresholds"].items())
-        lines.append(f"{name}: weights {head['weights']}, on the CLIP image embeddings; {field}: {thresholds}")
-        if head["random_weights"]:
-            lines.append(f"WARNING: {name} head: {head['note']}")
+        lines.append(f"{name}: weights {found['weights']}, {what}; {field}: {thresholds}")
+        if found["random_weights"]:
+            lines.append(f"WARNING: {LABELS[name]}: {found['note']}")
     semdedup = settings.get("semdedup")
     if not semdedup:
         return lines + ["semantic dedup: not run (no --semdedup-eps)"]

@@ -79,13 +79,15 @@ def test_nonsense_language_and_clip_thresholds(tmp_path):
     )
 
 
-def test_nsfw_and_aesthetic_thresholds(tmp_path):
+def test_nsfw_aesthetic_and_watermark_thresholds(tmp_path):
     configs = load_config(["laion-en"])
-    assert (configs["laion-en"].nsfw_max, configs["laion-en"].aesthetic_min) == (1.0, 0.0)
-    path = write(tmp_path, "[default]\nnsfw_max = 1.5\naesthetic_min = -1\n")
+    assert (configs["laion-en"].nsfw_max, configs["laion-en"].aesthetic_min, configs["laion-en"].watermark_max) == (1.0, 0.0, 1.0)
+    path = write(tmp_path, "[default]\nnsfw_max = 1.5\naesthetic_min = -1\nwatermark_max = -0.1\n")
     with pytest.raises(ConfigError) as e:
         load_config(["my-crawl"], path)
     assert str(e.value) == (
         "source my-crawl: nsfw_max must be in [0, 1] (a probability), not 1.5; "
-        "source my-crawl: aesthetic_min must be in [0, 10] (the predictor's rating scale), not -1.0"
+        "source my-crawl: aesthetic_min must be in [0, 10] (the predictor's rating scale), not -1.0; "
+        "source my-crawl: watermark_max must be in [0, 1] (a probability), not -0.1"
     )
+    assert load_config(["my-crawl"], write(tmp_path, "[default]\nwatermark_max = 0\n"))["my-crawl"].watermark_max == 0.0  # the range's ends are kept

@@ -134,6 +134,7 @@ def test_describe_curated_rows(curated):
         "  clip_score: 0.31",
         "  nsfw_score: null",
         "  aesthetic_score: null",
+        "  watermark_score: null",
     ]
     assert block(text, 2)[0] == "  uid: uid2"  # files in sorted order: part-1 comes second
     assert text.count("\nrow ") == 3
