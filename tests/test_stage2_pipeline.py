@@ -87,12 +87,17 @@ def test_every_sample_is_packed_once_in_sequences_of_exactly_seq_len(runs):
     assert any(row["source"] is None for row in packed) and any(row["source"] is not None for row in packed)
 
 
-def test_rejected_files_of_both_stages_follow_one_naming_scheme(runs):
+def test_rejected_files_follow_each_stages_naming_scheme(runs):
+    """Stage 1 names its files after the input file (rules-KEY) and the work file (run-KEY-NNNNN) they come
+    from, so that every run writes the same files; stage 2 and sft after their groups, as Beam names shards."""
     root, _, _, _ = runs
-    names = {p.name for folder in ("stage1", "out", "sft") for p in (root / folder / "rejected").iterdir()}
-    scheme = re.compile(r"(rules|run|samples-[a-z_]+|packing-[a-z_]+)-\d{5}-of-\d{5}\.parquet")
-    assert [name for name in sorted(names) if not scheme.fullmatch(name)] == []
-    assert {name.split("-")[0] for name in names} == {"rules", "run", "samples"}  # nothing here is too long to pack
+    stage1_scheme = re.compile(r"rules-[0-9a-f]{16}\.parquet|run-[0-9a-f]{16}-\d{5}\.parquet")
+    stage2_scheme = re.compile(r"(samples-[a-z_]+|packing-[a-z_]+)-\d{5}-of-\d{5}\.parquet")
+    names = {folder: sorted(p.name for p in (root / folder / "rejected").iterdir()) for folder in ("stage1", "out", "sft")}
+    assert [name for name in names["stage1"] if not stage1_scheme.fullmatch(name)] == []
+    assert [name for name in names["out"] + names["sft"] if not stage2_scheme.fullmatch(name)] == []
+    assert {name.split("-")[0] for name in names["stage1"]} == {"rules", "run"}
+    assert {name.split("-")[0] for name in names["out"] + names["sft"]} == {"samples"}  # nothing here is too long to pack
 
 
 def test_a_packed_row_names_its_documents_sources(tmp_path):
