@@ -18,7 +18,8 @@ from synthetic.raw_corpus import make_sample
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = 24  # input shards of 25 pairs
-KILL_AFTER = 4  # done records seen before the launcher is killed
+KILL_AFTER = 4  # done records seen before the launcher is killed in the first pass
+DONE = "_work/done/*.parquet"  # an input file's done record
 
 
 @pytest.fixture(scope="module")
@@ -40,33 +41,45 @@ def output_files(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.suffix != ".png"}
 
 
-def kill_after_done_records(cmd: list[str], done: Path, count: int) -> int:
-    """Start `cmd`, SIGKILL its process group once `count` input files are recorded done; returns how
-    many were done when it died."""
+def kill_when(cmd: list[str], out: Path, pattern: str, count: int) -> int:
+    """Start `cmd`, SIGKILL its process group once `count` files under `out` match `pattern`; returns how
+    many input files were recorded done when it died."""
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while len(list(done.glob("*.parquet"))) < count:
+        while len(list(out.glob(pattern))) < count:
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    return len(list(done.glob("*.parquet")))
+    return len(list(out.glob(DONE)))
 
 
-def test_killed_run_resumed_gives_the_bytes_of_an_uninterrupted_run(sample, tmp_path, caplog):
-    whole = tmp_path / "whole"
-    stage1.run(argv(sample, whole))
+@pytest.fixture(scope="module")
+def whole(sample, tmp_path_factory) -> dict[str, bytes]:
+    """The files of a run never killed."""
+    out = tmp_path_factory.mktemp("whole") / "out"
+    stage1.run(argv(sample, out))
+    return output_files(out)
+
+
+@pytest.mark.parametrize("kill_in", ["first pass", "decision"])
+def test_killed_run_resumed_gives_the_bytes_of_an_uninterrupted_run(sample, whole, tmp_path, caplog, kill_in):
     killed = tmp_path / "killed"
-    done = kill_after_done_records([sys.executable, "beam_runner.py", "stage1", *argv(sample, killed)], killed / "_work" / "done", KILL_AFTER)
-    assert KILL_AFTER <= done < FILES
+    cmd = [sys.executable, "beam_runner.py", "stage1", *argv(sample, killed)]
+    if kill_in == "first pass":
+        done = kill_when(cmd, killed, DONE, KILL_AFTER)
+        assert KILL_AFTER <= done < FILES
+    else:  # once the decision has written a curated file: every input file is done
+        done = kill_when(cmd, killed, "curated/*.parquet", 1)
+        assert done == FILES
     assert not (killed / "report.json").exists()
     with caplog.at_level(logging.INFO, logger="stage1"):
         stage1.run(argv(sample, killed) + ["--resume"])
     assert f"resuming the run in {killed}: {done} input files already done" in caplog.text
     assert f"input files: {FILES - done} read, {done} done by the earlier attempt" in caplog.text
     assert not (killed / "_work").exists()
-    expected, found = output_files(whole), output_files(killed)
+    expected, found = whole, output_files(killed)
     assert sorted(found) == sorted(expected)
     assert len([name for name in expected if name.startswith("curated/")]) >= FILES
     assert [name for name in expected if found[name] != expected[name]] == []
@@ -74,7 +87,7 @@ def test_killed_run_resumed_gives_the_bytes_of_an_uninterrupted_run(sample, tmp_
 
 def test_resume_with_other_settings_is_refused(sample, tmp_path):
     out = tmp_path / "out"
-    kill_after_done_records([sys.executable, "beam_runner.py", "stage1", *argv(sample, out)], out / "_work" / "done", 1)
+    kill_when([sys.executable, "beam_runner.py", "stage1", *argv(sample, out)], out, DONE, 1)
     other = argv(sample, out) + ["--resume", "--drop-rejected-images"]
     with pytest.raises(UsageError, match=f"^--resume: {out} was started with other keep_rejected_images; rerun without --resume to start afresh$"):
         stage1.run(other)
