@@ -193,14 +193,19 @@ def test_histograms_are_bounded_bins_per_source_and_drawn(tmp_path):
         assert chart.format == "PNG" and chart.width > 600
 
 
+def stage1_usage_error(argv: list[str]) -> str:
+    """The one-line message of the usage error stage 1 raises for `argv` before any work."""
+    with pytest.raises(UsageError) as e:
+        stage1.prepare(argv)
+    return str(e.value)
+
+
 def test_usage_errors(models, tmp_path):
     make_sample(str(tmp_path / "raw"), pairs=10, seed=1)
     base = ["--input", f"s={tmp_path / 'raw'}", "--output", str(tmp_path / "out")]
 
     def message(*extra) -> str:
-        with pytest.raises(UsageError) as e:
-            stage1.prepare(base + list(extra))
-        return str(e.value)
+        return stage1_usage_error(base + list(extra))
 
     assert message("--nsfw-model", models["nsfw"]) == "--nsfw-model needs --clip-model (the head runs on its image embeddings)"
     assert message("--aesthetic-model", models["aesthetic"]) == "--aesthetic-model needs --clip-model (the head runs on its image embeddings)"

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cli.usage import UsageError
 from filters.clip_score import load_scorer, save_random_model
 from filters.kmeans import kmeans_plus_plus, nearest, update_centroids
 from filters.semantic_dedup import EMBEDDING, Member, decode_embedding, encode_embeddings, keep_order, semantic_duplicates
@@ -20,6 +19,7 @@ from pipelines.semantic_dedup import AssignRows, KMeans, SemanticDedup, default_
 from pipelines.stage1_report import format_report
 from synthetic.raw_corpus import make_sample
 from tests.test_clip_score import CAPTIONS, images
+from tests.test_score_heads import stage1_usage_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
 
@@ -269,9 +269,7 @@ def test_usage_errors(clip, tmp_path):
     base = ["--input", f"s={tmp_path / 'raw'}", "--output", str(tmp_path / "out")]
 
     def message(*extra) -> str:
-        with pytest.raises(UsageError) as e:
-            stage1.prepare(base + list(extra))
-        return str(e.value)
+        return stage1_usage_error(base + list(extra))
 
     assert message("--semdedup-eps", "0.05") == "--semdedup-eps needs --clip-model (it compares the CLIP image embeddings)"
     for eps in ("0", "1", "-0.5", "1.5"):

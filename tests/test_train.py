@@ -246,11 +246,16 @@ def torchrun(argv: list[str], nproc: int = 2, timeout: int = 240) -> subprocess.
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def fsdp_args(data: str, out, extra=()) -> list[str]:
-    """stage2_args on 2 ranks x micro-batch 1 x 2 accumulated, FSDP2."""
-    argv = stage2_args(data, out, extra=extra)
+def as_fsdp(argv: list[str]) -> list[str]:
+    """A run's arguments for 2 ranks: micro-batch 1 (the global batch then accumulates 2), FSDP2."""
+    argv = list(argv)
     argv[argv.index("--micro-batch") + 1] = "1"
     return [*argv, "--fsdp"]
+
+
+def fsdp_args(data: str, out, extra=()) -> list[str]:
+    """stage2_args on 2 ranks x micro-batch 1 x 2 accumulated, FSDP2."""
+    return as_fsdp(stage2_args(data, out, extra=extra))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from formats.packing import Sample, document_starts, pack
 from formats.schemas import PACKED
 from model import checkpoint, train
 from model.config import LLM, QWEN2_VL_STAGES, VISION
-from tests.test_train import losses, optimizer_tensors, torchrun, weights
+from tests.test_train import as_fsdp, losses, optimizer_tensors, torchrun, weights
 
 VISION_START, VISION_END = 151652, 151653
 SEQ = 128
@@ -76,9 +76,7 @@ def stage2_args(data: str, out, steps: int = 6, extra=()) -> list[str]:
 
 
 def fsdp_args(data: str, out, extra=()) -> list[str]:
-    argv = stage2_args(data, out, extra=extra)
-    argv[argv.index("--micro-batch") + 1] = "1"
-    return [*argv, "--fsdp"]
+    return as_fsdp(stage2_args(data, out, extra=extra))
 
 
 @pytest.fixture(scope="module")
