@@ -25,7 +25,11 @@ import os
 import sys
 import time
 
-from cli.usage import ArgumentParser, UsageError
+from pipelines.heap import arrow_on_malloc
+
+arrow_on_malloc()  # before anything imports pyarrow (pipelines/heap.py)
+
+from cli.usage import ArgumentParser, UsageError  # noqa: E402
 
 log = logging.getLogger("beam_runner")
 

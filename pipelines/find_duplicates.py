@@ -13,16 +13,16 @@ and no step holds more than one key's group: nothing grows with the run on one w
    recorded in the Beam distribution dedup/bucket_size.
 3. Components: the verified pairs, de-duplicated, go through large-star / small-star rounds
    (pipelines/connected_components.py) into node -> root, the smallest hash of its component.
-4. Keeper, by combiners: the best member of each node (the longest caption, ties to the smallest uid:
+4. Keeper, by a min streamed over each group (BestPerKey): the best member of each node (the longest caption, ties to the smallest uid:
    filters.dedup.preference), then the best of those per root. Each node learns its root's keeper, and
    every member of a node other than the keeper is a duplicate, its detail naming the keeper: "exact
    duplicate of UID" (same bytes) or "near duplicate of UID (pHash distance D)".
 
-Shuffle per input pair: the slim record twice (about 150 bytes: by node for its best member, by node
-again to meet its keeper); per distinct hash, its k+1 bucket keys; per edge, the component rounds. Hot
-keys stay bounded in memory: a blank image repeated a million times is one node, combined before the
-shuffle, and its members are streamed past their keeper one by one; a huge component is one root whose
-member nodes are streamed past it the same way.
+Shuffle per candidate: the slim record twice (about 250 bytes as Beam encodes it: by node for its best
+member, by node again to meet its keeper); per distinct hash, its k+1 bucket keys; per edge, the component rounds. Hot
+keys stay bounded in memory: a blank image repeated a million times is one node, whose members are
+streamed past the min and then past their keeper one by one; a huge component is one root whose member
+nodes are streamed past it the same way.
 """
 
 import hashlib
@@ -62,20 +62,25 @@ def duplicate_detail(m: Member, keeper: Member) -> str:
     return f"near duplicate of {keeper.uid} (pHash distance {distance})"
 
 
-class BestMember(beam.CombineFn):
-    """The keeper among members: the smallest `rank` (a total order, so any merge order agrees)."""
+def best_of_group(group: tuple) -> tuple:
+    """(key, members) -> (key, the best member: the smallest `rank`, a total order, so every runner and
+    every order of the group agrees), read once from the grouped values, never listed."""
+    key, members = group
+    return key, min(members, key=rank)
 
-    def create_accumulator(self):
-        return None
 
-    def add_input(self, best, m):
-        return m if best is None or rank(m) < rank(best) else best
+class BestPerKey(beam.PTransform):
+    """(key, member) pairs -> (key, its best member): a GroupByKey, then best_of_group.
 
-    def merge_accumulators(self, accumulators):
-        return min((a for a in accumulators if a is not None), key=rank, default=None)
+    Not a CombinePerKey: Beam lifts that into a table before the shuffle that holds up to 100,000 keys per
+    bundle on each worker (operations.PGBKCVOperation), and with keys almost all distinct (pHashes, roots)
+    it combines next to nothing while it holds a Member per key, up to ~50 MB a worker (on the portable
+    runner at 100,000 pairs the SDK worker's peak was ~10 MB lower without it). The cost: a hot key (a
+    blank image repeated a million times) sends every member through the shuffle, about 250 bytes each,
+    streamed past the min on one worker."""
 
-    def extract_output(self, best):
-        return best
+    def expand(self, pairs):
+        return pairs | "Group" >> beam.GroupByKey() | "Best" >> beam.Map(best_of_group)
 
 
 def verified_pairs(bucket: tuple, k: int) -> list[tuple[str, str]]:
@@ -140,7 +145,7 @@ class FindDuplicates(beam.PTransform):
         best = (  # keepers travel without `where`: only a duplicate's own is needed to join it back
             by_node
             | "WithoutWhere" >> beam.MapTuple(lambda h, m: (h, m._replace(where="")))
-            | "BestOfNode" >> beam.CombinePerKey(BestMember())
+            | "BestOfNode" >> BestPerKey()
         )
         roots = (
             best
@@ -155,7 +160,7 @@ class FindDuplicates(beam.PTransform):
             {"best": best, "root": roots}
             | "JoinRoots" >> beam.CoGroupByKey()
             | "BestByRoot" >> beam.FlatMap(best_by_root)
-            | "KeeperOfRoot" >> beam.CombinePerKey(BestMember())
+            | "KeeperOfRoot" >> BestPerKey()
         )
         linked = (  # the nodes that are not roots, each with its root's keeper
             roots

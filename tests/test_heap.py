@@ -1,10 +1,13 @@
 """pipelines/heap.py: with glibc's mmap threshold pinned, image-sized blocks are mappings of their own
-instead of growing the heap, even after a larger block was freed (which raises glibc's own threshold).
-Each case runs in a fresh process, so the heap starts the same."""
+instead of growing the heap, even after a larger block was freed (which raises glibc's own threshold);
+the command line puts Arrow on that malloc. Each case runs in a fresh process, so the heap starts the
+same."""
 
 import ctypes
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +43,17 @@ def test_image_sized_blocks_are_mapped_apart_once_the_threshold_is_pinned():
     assert map_large_blocks()
     assert mapped_images(pin=False) == 0
     assert mapped_images(pin=True) == 10
+
+
+def arrow_pool(env: dict, command_line: bool = True) -> str:
+    """Arrow's default pool in a fresh process that loaded pyarrow, after the command line or alone."""
+    code = f"{'import beam_runner; ' if command_line else ''}import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    env = {name: value for name, value in os.environ.items() if name != "ARROW_DEFAULT_MEMORY_POOL"} | env
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=root).stdout.strip()
+
+
+def test_the_command_line_puts_arrow_on_malloc_unless_a_pool_is_named():
+    assert arrow_pool({}) == "system"
+    assert arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}) == "jemalloc"
+    assert arrow_pool({}, command_line=False) == "mimalloc"  # the pyarrow wheels' own
