@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 REJECTED = "rejected"  # the tag of a DoFn's rejects
-ROW_GROUP = 256  # rows per Parquet row group in the files written by ParquetFile; rows per batch in write_parquet
+ROW_GROUP = 256  # rows per Parquet row group in the files written by ParquetFile ...
+ROW_GROUP_BYTES = 8 << 20  # ... or fewer, once their images reach this size (about 100 web images)
 PARTIAL = "partial"  # ParquetFile writes FILE.partial-RANDOM, then renames it to FILE
 log = logging.getLogger("sink")
 
@@ -20,12 +21,13 @@ def parquet_codecs(schema) -> dict[str, str]:
     return {column: "none" if column == "image" else "zstd" for column in schema.names}
 
 
-def write_parquet(rows, name: str, path: str, schema):
-    """Beam's Parquet sink; returns the PCollection of the files written, once they are final. Each writer
-    holds ROW_GROUP rows as Python objects and a row group of up to 16 MB (Beam's defaults, 1,000 rows
-    and 64 MB, hold about 150 MB per writer with web images)."""
-    return rows | f"Write[{name}]" >> beam.io.WriteToParquet(
-        path, schema, codec=parquet_codecs(schema), file_name_suffix=".parquet", record_batch_size=ROW_GROUP, row_group_buffer_size=16 << 20)
+def writer_options(schema) -> dict:
+    """pq.ParquetWriter's options: parquet_codecs, and neither a dictionary nor min/max statistics for the
+    image bytes (pyarrow tries a dictionary on every row group before it falls back, and compares every
+    image for the statistics; neither helps a reader). Writing a file of 80 KB images took 125-130 us a
+    row without them, 145-200 with them."""
+    others = [column for column in schema.names if column != "image"]
+    return {"compression": parquet_codecs(schema), "use_dictionary": others, "write_statistics": others}
 
 
 def group_of(uid: str, count: int, per_group: int) -> tuple[int, int]:
@@ -69,24 +71,27 @@ def group_file(folder: str, name: str, index: int, groups: int) -> str:
 class ParquetFile:
     """Rows -> one Parquet file at `path`, streamed a row group at a time into a file beside it and
     renamed into place by close(): a reader never sees half a file, and a retried bundle replaces the
-    file whole. Holds one row group (`row_group` rows) at a time."""
+    file whole. Holds one row group at a time: `row_group` rows, fewer once their images reach
+    ROW_GROUP_BYTES (while it writes a row group of images, the rows, their Arrow copy and Parquet's
+    page buffers each hold it: 256 web images made a worker's memory swing by ~0.1 GB per file)."""
 
     def __init__(self, path: str, schema, row_group: int = ROW_GROUP):
         self.path, self.schema, self.row_group = path, schema, row_group
         self.partial = f"{path}.{PARTIAL}-{uuid.uuid4().hex}"
         self.stream = FileSystems.create(self.partial)
-        self.writer = pq.ParquetWriter(self.stream, schema, compression=parquet_codecs(schema))
-        self.buffer, self.rows = [], 0
+        self.writer = pq.ParquetWriter(self.stream, schema, **writer_options(schema))
+        self.buffer, self.buffered_bytes, self.rows = [], 0, 0
 
     def write(self, row: dict) -> None:
         self.buffer.append(row)
+        self.buffered_bytes += len(row.get("image") or b"")
         self.rows += 1
-        if len(self.buffer) >= self.row_group:
+        if len(self.buffer) >= self.row_group or self.buffered_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         self.writer.write_table(pa.Table.from_pylist(self.buffer, self.schema))
-        self.buffer = []
+        self.buffer, self.buffered_bytes = [], 0
 
     def close(self) -> str:
         """Write what is buffered (a file of no rows still gets its schema) and move the file into place."""
