@@ -13,16 +13,16 @@ and no step holds more than one key's group: nothing grows with the run on one w
    recorded in the Beam distribution dedup/bucket_size.
 3. Components: the verified pairs, de-duplicated, go through large-star / small-star rounds
    (pipelines/connected_components.py) into node -> root, the smallest hash of its component.
-4. Keeper, by a min streamed over each group (BestPerKey): the best member of each node (the longest caption, ties to the smallest uid:
-   filters.dedup.preference), then the best of those per root. Each node learns its root's keeper, and
-   every member of a node other than the keeper is a duplicate, its detail naming the keeper: "exact
-   duplicate of UID" (same bytes) or "near duplicate of UID (pHash distance D)".
+4. Keeper: each member goes to its node's root (Lookup), and the members of each root are read twice:
+   once for the keeper, the best of them (the longest caption, ties to the smallest uid:
+   filters.dedup.preference), once to name it in every other member's detail: "exact duplicate of UID"
+   (same bytes) or "near duplicate of UID (pHash distance D)".
 
-Shuffle per candidate: the slim record twice (about 250 bytes as Beam encodes it: by node for its best
-member, by node again to meet its keeper); per distinct hash, its k+1 bucket keys; per edge, the component rounds. Hot
-keys stay bounded in memory: a blank image repeated a million times is one node, whose members are
-streamed past the min and then past their keeper one by one; a huge component is one root whose member
-nodes are streamed past it the same way.
+Shuffle per candidate: its slim record twice (about 250 bytes as Beam encodes it: by node to meet its
+root, by root to meet its keeper) and its pHash once (to find the distinct hashes); per distinct hash,
+its k+1 bucket keys; per edge, the component rounds. Hot keys cost time on one worker, never memory: a
+blank image repeated a million times is one node, and a huge component one root, whose members are
+streamed past their root and then twice past the min, never listed.
 """
 
 import hashlib
@@ -62,39 +62,11 @@ def duplicate_detail(m: Member, keeper: Member) -> str:
     return f"near duplicate of {keeper.uid} (pHash distance {distance})"
 
 
-def best_of_group(group: tuple) -> tuple:
-    """(key, members) -> (key, the best member: the smallest `rank`, a total order, so every runner and
-    every order of the group agrees), read once from the grouped values, never listed."""
-    key, members = group
-    return key, min(members, key=rank)
-
-
-class BestPerKey(beam.PTransform):
-    """(key, member) pairs -> (key, its best member): a GroupByKey, then best_of_group.
-
-    Not a CombinePerKey: Beam lifts that into a table before the shuffle that holds up to 100,000 keys per
-    bundle on each worker (operations.PGBKCVOperation), and with keys almost all distinct (pHashes, roots)
-    it combines next to nothing while it holds a Member per key, up to ~50 MB a worker (on the portable
-    runner at 100,000 pairs the SDK worker's peak was ~10 MB lower without it). The cost: a hot key (a
-    blank image repeated a million times) sends every member through the shuffle, about 250 bytes each,
-    streamed past the min on one worker."""
-
-    def expand(self, pairs):
-        return pairs | "Group" >> beam.GroupByKey() | "Best" >> beam.Map(best_of_group)
-
-
 def verified_pairs(bucket: tuple, k: int) -> list[tuple[str, str]]:
     """The verified pairs of one (key, hashes) bucket."""
     hashes = sorted(bucket[1])
     Metrics.distribution("dedup", "bucket_size").update(len(hashes))
     return [(a, b) for a, b, _ in bucket_pairs(hashes, k)]
-
-
-def best_by_root(joined: tuple) -> list[tuple[str, Member]]:
-    """(node, {"best": [member], "root": [root] or []}) -> (root, the node's best member)."""
-    node, found = joined
-    roots = list(found["root"])  # at most one
-    return [(roots[0] if roots else node, best) for best in found["best"]]
 
 
 def _with_one(group: tuple):
@@ -125,11 +97,16 @@ class Lookup(beam.PTransform):
         )
 
 
-def duplicate_of_keeper(node: str, keeper: Member, m: Member):
-    """(member, the keeper's uid, detail) if `m` is not its node's keeper."""
-    if m.uid != keeper.uid:
-        Metrics.counter("dedup", "duplicates").inc()
-        yield m, keeper.uid, duplicate_detail(m, keeper)
+def duplicates_in_group(group: tuple):
+    """(root, the members of its component) -> (member, the keeper's uid, detail) for each member but the
+    keeper, the best of them (the smallest `rank`, a total order, so every runner and every order of the
+    group agrees). The group is read twice, never listed."""
+    _, members = group
+    keeper = min(members, key=rank)
+    for m in members:
+        if m.uid != keeper.uid:
+            Metrics.counter("dedup", "duplicates").inc()
+            yield m, keeper.uid, duplicate_detail(m, keeper)
 
 
 class FindDuplicates(beam.PTransform):
@@ -142,31 +119,20 @@ class FindDuplicates(beam.PTransform):
     def expand(self, members):
         k = self.k
         by_node = members | "ByNode" >> beam.Map(lambda m: (m.phash, m))
-        best = (  # keepers travel without `where`: only a duplicate's own is needed to join it back
-            by_node
-            | "WithoutWhere" >> beam.MapTuple(lambda h, m: (h, m._replace(where="")))
-            | "BestOfNode" >> BestPerKey()
-        )
         roots = (
-            best
+            by_node
             | "Hashes" >> beam.Keys()
+            | "DistinctHashes" >> beam.Distinct()
             | "Buckets" >> beam.FlatMap(lambda h: [(key, h) for key in bucket_keys(h, k)])
             | "GroupBuckets" >> beam.GroupByKey()
             | "Verify" >> beam.FlatMap(verified_pairs, k)
             | "DistinctPairs" >> beam.Distinct()
             | "Components" >> ConnectedComponents(self.rounds)
         )
-        keepers = (
-            {"best": best, "root": roots}
-            | "JoinRoots" >> beam.CoGroupByKey()
-            | "BestByRoot" >> beam.FlatMap(best_by_root)
-            | "KeeperOfRoot" >> BestPerKey()
+        return (
+            by_node
+            | "ToRoot" >> Lookup(roots)
+            | "ByRoot" >> beam.MapTuple(lambda node, root, m: (root or node, m))
+            | "GroupByRoot" >> beam.GroupByKey()
+            | "Duplicates" >> beam.FlatMap(duplicates_in_group)
         )
-        linked = (  # the nodes that are not roots, each with its root's keeper
-            roots
-            | "RootToNode" >> beam.Map(lambda e: (e[1], e[0]))
-            | "ToRootKeeper" >> Lookup(keepers)
-            | "NodeKeeper" >> beam.MapTuple(lambda root, keeper, node: (node, keeper))
-        )
-        node_keepers = (keepers, linked) | "AllNodeKeepers" >> beam.Flatten()
-        return by_node | "ToNodeKeeper" >> Lookup(node_keepers) | "Duplicates" >> beam.FlatMapTuple(duplicate_of_keeper)

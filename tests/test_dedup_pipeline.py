@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 
 from filters.dedup import phash_int64, preference
-from pipelines.find_duplicates import FindDuplicates, Member, best_of_group, duplicate_detail, member
+from pipelines.find_duplicates import FindDuplicates, Member, duplicates_in_group, member
 
 
 def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
@@ -90,9 +90,7 @@ def test_distance_zero_joins_only_identical_hashes(tmp_path):
 
 def test_keeper_and_details_of_one_component():
     members = [Member("u2", "00000000000000ff", 14, "d1"), Member("u1", "00000000000000fe", 5, "d2"), Member("u3", "00000000000000ff", 5, "d1")]
-    node, keeper = best_of_group(("00000000000000ff", iter(members)))  # an iterable, as a runner streams a group
-    assert (node, keeper.uid) == ("00000000000000ff", "u2")  # the longest caption
-    assert best_of_group(("n", iter([members[2], members[1]])))[1].uid == "u1"  # same length: smallest uid
-    assert best_of_group(("n", iter([members[1], members[2]])))[1].uid == "u1"  # in either order
-    assert duplicate_detail(members[1], keeper) == "near duplicate of u2 (pHash distance 1)"
-    assert duplicate_detail(members[2], keeper) == "exact duplicate of u2"
+    found = [(m.uid, keeper, detail) for m, keeper, detail in duplicates_in_group(("00000000000000fe", members))]
+    assert found == [("u1", "u2", "near duplicate of u2 (pHash distance 1)"), ("u3", "u2", "exact duplicate of u2")]  # the longest caption keeps
+    assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[2], members[1]]))] == [("u3", "u1")]  # same length: smallest uid
+    assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[1], members[2]]))] == [("u3", "u1")]  # in either order
