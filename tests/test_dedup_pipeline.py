@@ -94,3 +94,14 @@ def test_keeper_and_details_of_one_component():
     assert found == [("u1", "u2", "near duplicate of u2 (pHash distance 1)"), ("u3", "u2", "exact duplicate of u2")]  # the longest caption keeps
     assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[2], members[1]]))] == [("u3", "u1")]  # same length: smallest uid
     assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[1], members[2]]))] == [("u3", "u1")]  # in either order
+
+
+def test_a_blank_image_repeated_50000_times_and_its_near_copy(tmp_path):
+    """A hot node (one pHash, 50,000 members) in a component with a near copy whose caption is longer:
+    every blank is a duplicate of that copy; without it, of the blank with the longest caption."""
+    blanks = [{"uid": f"b{i:05d}", "phash": "0" * 16, "caption": "x" * (i % 97 + 1), "image": b"blank"} for i in range(50_000)]
+    near = {"uid": "n0", "phash": "0" * 15 + "1", "caption": "y" * 200, "image": b"blank!"}
+    found = run_find_duplicates(blanks + [near], 4, tmp_path)
+    assert len(found) == 50_000 and set(found.values()) == {"near duplicate of n0 (pHash distance 1)"}
+    found = run_find_duplicates(blanks, 4, tmp_path)
+    assert len(found) == 49_999 and "b00096" not in found and set(found.values()) == {"exact duplicate of b00096"}
