@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 from filters.config import load_config  # noqa: E402
 from filters.image_rules import decode_phash  # noqa: E402
 from filters.langid import LanguageId  # noqa: E402
-from pipelines.heap import ARROW_POOL  # noqa: E402
 from filters.curate import first_reject  # noqa: E402
 from formats.sources.img2dataset import read_webdataset  # noqa: E402
+from pipelines.heap import ARROW_POOL  # noqa: E402
 from synthetic.raw_corpus import make_sample  # noqa: E402
 
 DATA_JUICER_PAIRS_PER_CORE = 86  # Data-Juicer on the same kind of machine, 20,000 pairs (BENCHMARKS.md)
