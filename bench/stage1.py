@@ -7,7 +7,7 @@ multi_processing with two workers, and the portable runner with an external work
 and Flink take). It samples the proportional set size (PSS) of the launcher and of the SDK worker
 processes, and prints pairs/s, pairs/s per core and peak memory; at the end, how peak memory grows from
 the smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it
-grows with the run by design: the slim dedup records, about 1 KB a pair in Python); what must stay flat
+grows with the run by design: the slim dedup records, about 0.5 KB a pair at its peak); what must stay flat
 is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
 shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
