@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from formats.files import create_file
+
 REJECTED = "rejected"  # the tag of a DoFn's rejects
 ROW_GROUP = 256  # rows per Parquet row group in the files written by ParquetFile ...
 ROW_GROUP_BYTES = 8 << 20  # ... or fewer, once their images reach this size (about 100 web images)
@@ -78,7 +80,7 @@ class ParquetFile:
     def __init__(self, path: str, schema, row_group: int = ROW_GROUP):
         self.path, self.schema, self.row_group = path, schema, row_group
         self.partial = f"{path}.{PARTIAL}-{uuid.uuid4().hex}"
-        self.stream = FileSystems.create(self.partial)
+        self.stream = create_file(self.partial)
         self.writer = pq.ParquetWriter(self.stream, schema, **writer_options(schema))
         self.buffer, self.buffered_bytes, self.rows = [], 0, 0
 
