@@ -38,19 +38,6 @@ def rejected_row(pair: RawPair, reject: Reject, keep_image: bool = True) -> dict
     }
 
 
-def reject_candidate(row: dict, reject: Reject, keep_image: bool = True) -> dict:
-    """A candidate row (curated schema) that a step across the run drops, as a rejected row."""
-    fields = ("uid", "source", "key", "url")
-    return {
-        **{name: row[name] for name in fields},
-        "caption": row["caption_raw"],
-        "reason": reject.reason,
-        "detail": reject.detail,
-        "duplicate_of": reject.duplicate_of,
-        "image": row["image"] if keep_image else None,
-    }
-
-
 class Screened(NamedTuple):
     """What the rules that need no pixels found: the first Reject (or None) and what they computed."""
 

@@ -73,7 +73,8 @@ def group_file(folder: str, name: str, index: int, groups: int) -> str:
 class ParquetFile:
     """Rows -> one Parquet file at `path`, streamed a row group at a time into a file beside it and
     renamed into place by close(): a reader never sees half a file, and a retried bundle replaces the
-    file whole. Holds one row group at a time: `row_group` rows, fewer once their images reach
+    file whole. Rows come as dicts (write) or already in Arrow (write_table: no Python object per
+    image). Holds one row group at a time: `row_group` rows, fewer once their images reach
     ROW_GROUP_BYTES (while it writes a row group of images, the rows, their Arrow copy and Parquet's
     page buffers each hold it: 256 web images made a worker's memory swing by ~0.1 GB per file)."""
 
@@ -82,22 +83,32 @@ class ParquetFile:
         self.partial = f"{path}.{PARTIAL}-{uuid.uuid4().hex}"
         self.stream = create_file(self.partial)
         self.writer = pq.ParquetWriter(self.stream, schema, **writer_options(schema))
-        self.buffer, self.buffered_bytes, self.rows = [], 0, 0
+        self.buffer, self.tables, self.buffered, self.buffered_bytes, self.rows = [], [], 0, 0, 0
 
     def write(self, row: dict) -> None:
         self.buffer.append(row)
-        self.buffered_bytes += len(row.get("image") or b"")
-        self.rows += 1
-        if len(self.buffer) >= self.row_group or self.buffered_bytes >= ROW_GROUP_BYTES:
+        self._count(1, len(row.get("image") or b""))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write rows of this file's schema that are already in Arrow, after the rows written before."""
+        if self.buffer:
+            self._flush()
+        self.tables.append(table)
+        self._count(table.num_rows, table.column("image").nbytes if "image" in table.column_names else 0)
+
+    def _count(self, rows: int, image_bytes: int) -> None:
+        self.rows, self.buffered, self.buffered_bytes = self.rows + rows, self.buffered + rows, self.buffered_bytes + image_bytes
+        if self.buffered >= self.row_group or self.buffered_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        self.writer.write_table(pa.Table.from_pylist(self.buffer, self.schema))
-        self.buffer, self.buffered_bytes = [], 0
+        rows = [pa.Table.from_pylist(self.buffer, self.schema)] if self.buffer or not self.tables else []
+        self.writer.write_table(pa.concat_tables(self.tables + rows))
+        self.buffer, self.tables, self.buffered, self.buffered_bytes = [], [], 0, 0
 
     def close(self) -> str:
         """Write what is buffered (a file of no rows still gets its schema) and move the file into place."""
-        if self.buffer or not self.rows:
+        if self.buffered or not self.rows:
             self._flush()
         self.writer.close()
         self.stream.close()

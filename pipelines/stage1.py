@@ -21,12 +21,13 @@ import logging
 from collections import Counter
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from cli.usage import ArgumentParser, UsageError
 from filters.config import ConfigError, SourceConfig, load_config
-from filters.curate import reject_candidate
 from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
 from filters.semantic_dedup import EMBEDDING
@@ -42,7 +43,7 @@ from pipelines.runner import counter_totals, pipeline_options
 from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource
 from pipelines.semantic_dedup import DEFAULT_ITERATIONS, DEFAULT_MAX_CLUSTER_SIZE, MAX_DEFAULT_CLUSTERS, PAIRS_PER_CLUSTER, SemanticDedup
 from pipelines.sink import REJECTED, ParquetFile
-from pipelines.work_files import JoinByFile, read_work_file
+from pipelines.work_files import JoinByFile, read_work_file, read_work_tables
 
 LANGUAGES = "languages"  # Decide's output tag: ((source, language), count) of the kept rows
 log = logging.getLogger("stage1")
@@ -66,13 +67,39 @@ def score_reject(scores: dict[str, float], clip_threshold: float, cfg: SourceCon
     return None
 
 
+SCORES = ("clip_score", "nsfw_score", "aesthetic_score", "watermark_score")  # the curated columns a decision fills
+
+
+def rejected_table(candidates: pa.Table, rejects: list[Reject], keep_images: bool) -> pa.Table:
+    """Candidate rows (curated schema) that a step across the run drops -> rejected rows: their raw
+    caption, the reasons, and their images unless dropped; the images stay in Arrow throughout."""
+    image = candidates["image"] if keep_images else pa.nulls(len(rejects), pa.binary())
+    columns = {name: candidates[name] for name in ("uid", "source", "key", "url")} | {
+        "caption": candidates["caption_raw"],
+        "reason": pa.array([r.reason for r in rejects], pa.string()),
+        "detail": pa.array([r.detail for r in rejects], pa.string()),
+        "duplicate_of": pa.array([r.duplicate_of for r in rejects], pa.string()),
+        "image": image,
+    }
+    return pa.table(columns, schema=schemas.REJECTED)
+
+
+def with_scores(kept: pa.Table, scores: list[dict]) -> pa.Table:
+    """Kept rows with the score columns that ran filled from their scores (in row order)."""
+    for name in SCORES:
+        if any(name in found for found in scores):
+            kept = kept.set_column(kept.schema.get_field_index(name), name, pa.array([found.get(name) for found in scores], pa.float32()))
+    return kept
+
+
 class Decide(beam.DoFn):
     """The steps across the run, applied to the candidates of one work file, read back with that file's
     decisions only: a duplicate, a CLIP score that could not be computed, a score that fails its
     source's threshold (score_reject), or (with --semdedup-eps) a semantic duplicate of a pair kept ->
     rejected/run-NAME.parquet; the rest -> curated/NAME.parquet, NAME being the work file's
     (work_files.WorkFileWriter), so each run writes the same files. Outputs ((source, outcome), count)
-    per file, and tagged LANGUAGES ((source, language), count) of the kept.
+    per file, and tagged LANGUAGES ((source, language), count) of the kept. The decisions read only the
+    small columns; the rows go from the work file to their output as Arrow tables, images untouched.
 
     Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
     group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
@@ -84,40 +111,48 @@ class Decide(beam.DoFn):
     def setup(self):
         map_large_blocks()
 
+    def decide(self, uid: str, source: str, decisions: dict, thresholds: dict) -> tuple[Reject | None, dict]:
+        """(the row's Reject or None, its scores: {} where CLIP did not run)."""
+        if uid in decisions["duplicate"]:
+            keeper, detail = decisions["duplicate"][uid]
+            return Reject(reasons.DUPLICATE, detail, keeper), {}
+        if not thresholds:  # CLIP did not run
+            return None, {}
+        found = decisions["score"][uid]
+        if found is None:
+            return Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image"), {}
+        reject = score_reject(found, thresholds[source], self.configs[source])
+        if reject is None and uid in decisions["semantic"]:
+            keeper, detail = decisions["semantic"][uid]
+            reject = Reject(reasons.SEMANTIC_DUPLICATE, detail, keeper)
+        return reject, found
+
     def process(self, joined: tuple, thresholds: dict):
-        path, decisions = joined
-        duplicates, scores = dict(decisions["duplicate"]), dict(decisions.get("score", ()))
-        semantic = dict(decisions.get("semantic", ()))
+        path, found = joined
+        decisions = {kind: dict(found.get(kind, ())) for kind in ("duplicate", "score", "semantic")}
         name = path.rsplit("/", 1)[-1]
         outputs = {"curated": FileSystems.join(self.output, "curated", name), REJECTED: FileSystems.join(self.output, "rejected", f"run-{name}")}
         writers, outcomes, languages = {}, Counter(), Counter()
-        for row in read_work_file(path):
-            reject = None
-            if row["uid"] in duplicates:
-                keeper, detail = duplicates[row["uid"]]
-                reject = Reject(reasons.DUPLICATE, detail, keeper)
-            elif thresholds:  # CLIP ran
-                found = scores[row["uid"]]
-                if found is None:
-                    reject = Reject(reasons.IMAGE_UNDECODABLE, "the CLIP preprocessing could not decode the image")
+        for table in read_work_tables(path):
+            kept, rejects, scores = [], [], []
+            for uid, source, lang in zip(*(table[column].to_pylist() for column in ("uid", "source", "lang"))):
+                reject, found = self.decide(uid, source, decisions, thresholds)
+                outcome = reject.reason if reject else report_lib.KEPT
+                Metrics.counter("stage1", outcome).inc()
+                outcomes[source, outcome] += 1
+                kept.append(reject is None)
+                if reject:
+                    rejects.append(reject)
                 else:
-                    reject = score_reject(found, thresholds[row["source"]], self.configs[row["source"]])
-                    row = {**row, **found}
-                    if reject is None and row["uid"] in semantic:
-                        keeper, detail = semantic[row["uid"]]
-                        reject = Reject(reasons.SEMANTIC_DUPLICATE, detail, keeper)
-            if reject:
-                Metrics.counter("stage1", reject.reason).inc()
-                outcomes[row["source"], reject.reason] += 1
-                kind, row = REJECTED, reject_candidate(row, reject, self.keep_rejected_images)
-            else:
-                Metrics.counter("stage1", report_lib.KEPT).inc()
-                outcomes[row["source"], report_lib.KEPT] += 1
-                languages[row["source"], row["lang"]] += 1
-                kind = "curated"
-            if kind not in writers:
-                writers[kind] = ParquetFile(outputs[kind], schemas.REJECTED if kind == REJECTED else schemas.CURATED)
-            writers[kind].write(row)
+                    languages[source, lang] += 1
+                    scores.append(found)
+            mask = pa.array(kept)
+            decided = {"curated": with_scores(table.filter(mask), scores), REJECTED: rejected_table(table.filter(pc.invert(mask)), rejects, self.keep_rejected_images)}
+            for kind, rows in decided.items():
+                if rows.num_rows:
+                    if kind not in writers:
+                        writers[kind] = ParquetFile(outputs[kind], schemas.REJECTED if kind == REJECTED else schemas.CURATED)
+                    writers[kind].write_table(rows)
         for writer in writers.values():
             writer.close()
         yield from outcomes.items()

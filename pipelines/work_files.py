@@ -17,6 +17,7 @@ curated/ and rejected/ under its name, is the same on every run.
 import hashlib
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from formats import schemas
@@ -60,11 +61,17 @@ class WorkFileWriter:
         return self.files
 
 
-def read_work_file(path: str):
-    """The rows of one work file, a row group at a time."""
+def read_work_tables(path: str):
+    """One work file as Arrow tables of up to ROW_GROUP rows, a row group at a time."""
     with FileSystems.open(path) as f:
         for batch in parquet_file(f).iter_batches(batch_size=ROW_GROUP):
-            yield from batch.to_pylist()
+            yield pa.Table.from_batches([batch])
+
+
+def read_work_file(path: str):
+    """The rows of one work file, a row group at a time."""
+    for table in read_work_tables(path):
+        yield from table.to_pylist()
 
 
 class JoinByFile(beam.PTransform):
