@@ -19,7 +19,7 @@ own environment (README, Scale).
 Measured with bench/stage1.py on the portable runner (SDK worker's peak PSS, 20,000 -> 60,000 pairs):
 0.83 -> 0.97 GB with glibc's default, 0.76 -> 0.82 GB with the threshold pinned (BENCHMARKS.md). With
 Arrow on the system pool too, the worker's memory after each 1,000-row work file it decides fell from
-445-470 MB to 354 MB (20,000 pairs). Where the C library is not glibc (macOS, musl) the threshold is
+472-569 MB to 354-360 MB (20,000 pairs). Where the C library is not glibc (macOS, musl) the threshold is
 left as it is.
 """
 

@@ -128,8 +128,8 @@ class Decide(beam.DoFn):
         return reject, found
 
     def process(self, joined: tuple, thresholds: dict):
-        path, found = joined
-        decisions = {kind: dict(found.get(kind, ())) for kind in ("duplicate", "score", "semantic")}
+        path, by_kind = joined
+        decisions = {kind: dict(by_kind.get(kind, ())) for kind in ("duplicate", "score", "semantic")}
         name = path.rsplit("/", 1)[-1]
         outputs = {"curated": FileSystems.join(self.output, "curated", name), REJECTED: FileSystems.join(self.output, "rejected", f"run-{name}")}
         writers, outcomes, languages = {}, Counter(), Counter()
