@@ -25,9 +25,9 @@ import os
 import sys
 import time
 
-from pipelines.heap import arrow_on_malloc
+from pipelines.heap import arrow_pool_for_images
 
-arrow_on_malloc()  # before anything imports pyarrow (pipelines/heap.py)
+arrow_pool_for_images()  # before anything imports pyarrow (pipelines/heap.py)
 
 from cli.usage import ArgumentParser, UsageError  # noqa: E402
 

@@ -36,7 +36,7 @@ from filters.image_rules import decode_phash  # noqa: E402
 from filters.langid import LanguageId  # noqa: E402
 from filters.curate import first_reject  # noqa: E402
 from formats.sources.img2dataset import read_webdataset  # noqa: E402
-from pipelines.heap import ARROW_POOL  # noqa: E402
+from pipelines.heap import ARROW_POOL, IMAGE_POOL  # noqa: E402
 from synthetic.raw_corpus import make_sample  # noqa: E402
 
 DATA_JUICER_PAIRS_PER_CORE = 86  # Data-Juicer on the same kind of machine, 20,000 pairs (BENCHMARKS.md)
@@ -140,7 +140,7 @@ def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float]
     if mode == "portable":
         port = free_port()
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # its workers run `python`
-               ARROW_POOL: "system"}  # as README (Scale) tells users to start their workers: pipelines/heap.py
+               ARROW_POOL: IMAGE_POOL}  # as README (Scale) tells users to start their workers: pipelines/heap.py
         pool = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         command += ["--runner", "PortableRunner", "--job_endpoint", "embed", "--environment_type", "EXTERNAL", "--environment_config", f"localhost:{port}"]

@@ -8,19 +8,23 @@ sizes is seldom handed back, so the process's memory creeps up with the run. Wit
 at 64 KB (mallopt M_MMAP_THRESHOLD, which also stops the dynamic rise), every block that large is a
 mapping of its own, returned to the system when it is freed; small objects stay on the heap.
 
-Arrow's buffers (a row group of images being read or written: tens of MB) come from Arrow's own
-allocator, mimalloc in the pyarrow wheels, which keeps freed pages of its segments for later use.
-arrow_on_malloc() asks for Arrow's system pool instead (glibc's malloc, so they are mapped and returned
-the same way). Arrow reads that choice from the environment once, when pyarrow is imported, so the
-command line calls it before anything imports pyarrow, and the worker processes it starts inherit it;
-workers started elsewhere (a cluster's, a worker pool) need ARROW_DEFAULT_MEMORY_POOL=system in their
-own environment (README, Scale).
+Arrow's buffers (a row group of images being read, filtered or written: several MB each, a few copies
+per row group) come from Arrow's own pool. arrow_pool_for_images() asks for jemalloc, which pyarrow's
+wheels carry: it reuses freed pages for the next row group and returns what stays unused after about a
+second, so a worker holds a bounded working set. The pyarrow wheels' default, mimalloc, kept more than
+250 MB of freed image tables in a fresh process; glibc's malloc (the system pool) returns each buffer at
+once, but then every row group's buffers are new mappings, faulted in page by page: 190 page faults and
+a third of the run's time in the kernel per input pair. Arrow reads the choice from the environment once,
+when pyarrow is imported, so the command line calls it before anything imports pyarrow, and the worker
+processes it starts inherit it; workers started elsewhere (a cluster's, a worker pool) need
+ARROW_DEFAULT_MEMORY_POOL=jemalloc in their own environment (README, Scale). A pyarrow built without
+jemalloc warns and keeps its default.
 
 Measured with bench/stage1.py on the portable runner (SDK worker's peak PSS, 20,000 -> 60,000 pairs):
-0.83 -> 0.97 GB with glibc's default, 0.76 -> 0.82 GB with the threshold pinned (BENCHMARKS.md). With
-Arrow on the system pool too, the worker's memory after each 1,000-row work file it decides fell from
-472-569 MB to 354-360 MB (20,000 pairs). Where the C library is not glibc (macOS, musl) the threshold is
-left as it is.
+0.83 -> 0.97 GB with glibc's default, 0.76 -> 0.82 GB with the threshold pinned (BENCHMARKS.md). Stage 1
+in-process, 100,000 photo-like pairs, one core: with Arrow on the system pool 166 s, 18.8 million page
+faults, 0.44 GB peak RSS; on jemalloc 122 s, 3.8 million, 0.54 GB (0.46 GB at 20,000 pairs). Where the C
+library is not glibc (macOS, musl) the threshold is left as it is.
 """
 
 import ctypes
@@ -31,13 +35,14 @@ import os
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 64 << 10
 ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"  # read by Arrow when pyarrow is imported
+IMAGE_POOL = "jemalloc"
 log = logging.getLogger("heap")
 
 
-def arrow_on_malloc() -> None:
-    """Ask for Arrow's system pool in this process and the processes it starts, unless a pool is named
+def arrow_pool_for_images() -> None:
+    """Ask for Arrow's jemalloc pool in this process and the processes it starts, unless a pool is named
     already. Takes effect only where pyarrow is not imported yet."""
-    os.environ.setdefault(ARROW_POOL, "system")
+    os.environ.setdefault(ARROW_POOL, IMAGE_POOL)
 
 
 def map_large_blocks(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:

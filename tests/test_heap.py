@@ -1,6 +1,6 @@
 """pipelines/heap.py: with glibc's mmap threshold pinned, image-sized blocks are mappings of their own
 instead of growing the heap, even after a larger block was freed (which raises glibc's own threshold);
-the command line puts Arrow on that malloc. Each case runs in a fresh process, so the heap starts the
+the command line puts Arrow on jemalloc. Each case runs in a fresh process, so the heap starts the
 same."""
 
 import ctypes
@@ -53,7 +53,7 @@ def arrow_pool(env: dict, command_line: bool = True) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=root).stdout.strip()
 
 
-def test_the_command_line_puts_arrow_on_malloc_unless_a_pool_is_named():
-    assert arrow_pool({}) == "system"
-    assert arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}) == "jemalloc"
+def test_the_command_line_puts_arrow_on_jemalloc_unless_a_pool_is_named():
+    assert arrow_pool({}) == "jemalloc"
+    assert arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": "system"}) == "system"
     assert arrow_pool({}, command_line=False) == "mimalloc"  # the pyarrow wheels' own
