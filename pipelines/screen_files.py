@@ -4,11 +4,11 @@ to work files and its rejects to rejected/, and record that the file is done.
 Everything one input file gives is a function of that file alone, written under names made from it
 (work_files.input_key: its source and path): its work files `_work/candidates/KEY-NNNNN.parquet`, its
 rejects `rejected/rules-KEY.parquet`, and last its done record `_work/done/KEY.parquet`: the file's slim
-dedup records (Member, about 100 bytes a candidate), with its work files and its reject counts in the
-Parquet metadata. The record is renamed into place after everything else, so it exists only when the
-file's outputs are complete. With `resume`, a file whose record exists is not read again: its members,
-work files and counts come from the record, so a resumed run goes on with exactly what the killed run
-had made of it, and nothing is counted twice.
+dedup records (Member, about 100 bytes a candidate, its `where` the name of its work file), with its
+work files and its reject counts in the Parquet metadata. The record is renamed into place after
+everything else, so it exists only when the file's outputs are complete. With `resume`, a file whose
+record exists is not read again: its members, work files and counts come from the record, so a resumed
+run goes on with exactly what the killed run had made of it, and nothing is counted twice.
 
 Cost per input pair: the decode and rules (filters/curate.py); a candidate's image written once; its
 Member kept in memory until its input file is done (about 100 bytes: 1 MB for a 10,000-pair shard).
@@ -41,8 +41,12 @@ FILES = "files"  # output tag: the work files written
 COUNTS = "counts"  # output tag: ((source, reason), count) of the rejects
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes and the done records, removed at the end of a run
 CANDIDATES, DONE = "candidates", "done"  # folders under the work folder
-MEMBERS = pa.schema([(name, pa.int64() if name == "caption_chars" else pa.string()) for name in Member._fields])
+MEMBERS = pa.schema([("uid", pa.string()), ("phash", pa.string()), ("caption_chars", pa.int64()), ("digest", pa.binary()), ("where", pa.string())])
 METADATA = b"stage1_done"  # the done record's Parquet metadata key: its work files and reject counts
+
+
+def candidates_folder(work: str) -> str:
+    return FileSystems.join(work, CANDIDATES)
 
 
 def done_record(work: str, key: str) -> str:
@@ -107,12 +111,12 @@ class ScreenFile(beam.DoFn):
 
     def _screen(self, path: str, key: str):
         """Read and screen one input file, yielding its Members; returns (members, work files, reject counts)."""
-        work = WorkFileWriter(FileSystems.join(self.work, CANDIDATES), key)
+        work = WorkFileWriter(candidates_folder(self.work), key)
         rejected, members, rejects = None, [], {}
         for pair in READERS[self.layout](self.source, path):
             kept, row = curate(pair, self.config, self.langid, self.keep_rejected_images)
             if kept:
-                members.append(member(row, work.write(row)))
+                members.append(member(row, work.write(row).rsplit("/", 1)[-1]))
                 yield members[-1]
                 continue
             rejected = rejected or ParquetFile(rules_rejects(self.output, key), schemas.REJECTED)

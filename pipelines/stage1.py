@@ -40,7 +40,7 @@ from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
 from pipelines.heap import map_large_blocks
 from pipelines.inputs import Input, resolve_input
 from pipelines.runner import counter_totals, pipeline_options
-from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource
+from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource, candidates_folder
 from pipelines.semantic_dedup import DEFAULT_ITERATIONS, DEFAULT_MAX_CLUSTER_SIZE, MAX_DEFAULT_CLUSTERS, PAIRS_PER_CLUSTER, SemanticDedup
 from pipelines.sink import REJECTED, ParquetFile
 from pipelines.work_files import JoinByFile, read_work_file, read_work_tables
@@ -241,6 +241,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     The report is built from the outcome counts of the first and last passes, summed per key."""
     keep_images = settings["keep_rejected_images"]
     langid, work = settings["langid"], FileSystems.join(output, WORK)
+    candidates = candidates_folder(work)
     langid_model = None if langid["from_package"] else langid["model"]
     screened = [
         p | f"Screen[{inp.source}]" >> ScreenSource(inp, ScreenFile(inp, configs[inp.source], langid_model, keep_images, output, work, resume))
@@ -251,7 +252,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
         [s.members for s in screened]
         | "AllMembers" >> beam.Flatten()
         | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"], settings["dedup"]["rounds"])
-        | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (m.where, (m.uid, (keeper, detail))))
+        | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (FileSystems.join(candidates, m.where), (m.uid, (keeper, detail))))
     )
     decisions = {"duplicate": duplicates}
     clip, semdedup = settings["clip"], settings["semdedup"]  # semdedup needs clip (prepare checks it)

@@ -89,7 +89,7 @@ def test_distance_zero_joins_only_identical_hashes(tmp_path):
 
 
 def test_keeper_and_details_of_one_component():
-    members = [Member("u2", "00000000000000ff", 14, "d1"), Member("u1", "00000000000000fe", 5, "d2"), Member("u3", "00000000000000ff", 5, "d1")]
+    members = [Member("u2", "00000000000000ff", 14, b"d1"), Member("u1", "00000000000000fe", 5, b"d2"), Member("u3", "00000000000000ff", 5, b"d1")]
     found = [(m.uid, keeper, detail) for m, keeper, detail in duplicates_in_group(("00000000000000fe", members))]
     assert found == [("u1", "u2", "near duplicate of u2 (pHash distance 1)"), ("u3", "u2", "exact duplicate of u2")]  # the longest caption keeps
     assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[2], members[1]]))] == [("u3", "u1")]  # same length: smallest uid
