@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 
 from filters.dedup import phash_int64, preference
-from pipelines.find_duplicates import FindDuplicates, Member, duplicates_in_group, member
+from pipelines.find_duplicates import FindDuplicates, Member, duplicates_in_group, member, members_of
 
 
 def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
@@ -105,3 +105,16 @@ def test_a_blank_image_repeated_50000_times_and_its_near_copy(tmp_path):
     assert len(found) == 50_000 and set(found.values()) == {"near duplicate of n0 (pHash distance 1)"}
     found = run_find_duplicates(blanks, 4, tmp_path)
     assert len(found) == 49_999 and "b00096" not in found and set(found.values()) == {"exact duplicate of b00096"}
+
+
+def test_member_records_travel_as_plain_tuples():
+    """What FindDuplicates shuffles: a tuple Beam encodes field by field (no pickled class), read back
+    as the same Member."""
+    from apache_beam.coders import FastPrimitivesCoder
+
+    row = {"uid": "0123456789abcdef" * 2, "phash": phash_int64("f0e1d2c3b4a59687"), "caption": "a red bus", "image": b"jpeg bytes"}
+    m = member(row, "0123456789abcdef-00000.parquet")
+    assert (m.phash, m.caption_chars, len(m.digest)) == ("f0e1d2c3b4a59687", 9, 16)
+    encoded = FastPrimitivesCoder().encode(tuple(m))
+    assert b"Member" not in encoded and len(encoded) == 106
+    assert list(members_of([FastPrimitivesCoder().decode(encoded)])) == [m]
