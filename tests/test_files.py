@@ -1,12 +1,16 @@
-"""formats/files.py: reading Parquet files of images without holding them whole; creating files as Arrow streams."""
+"""formats/files.py: reading Parquet files of images without holding them whole; creating files as Arrow streams;
+webdataset tars read in place or as a stream."""
 
+import gzip
+import io
 import os
+import tarfile
 import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from formats.files import create_file, open_file, parquet_file
+from formats.files import create_file, open_file, parquet_file, tar_samples
 
 GROUP_BYTES = 2 << 20  # per row group: 20 rows of 100 KB
 GROUPS = 10
@@ -35,3 +39,39 @@ def test_create_file_makes_its_folder_and_is_an_arrow_stream(tmp_path):
         assert isinstance(out, pa.NativeFile)  # Arrow writes into it without a Python file object
         out.write(b"written as it is")  # no compression guessed from the name
     assert path.read_bytes() == b"written as it is"
+
+
+class Stream(io.RawIOBase):
+    """A file that cannot seek, as a pipe or a download stream."""
+
+    def __init__(self, data: bytes):
+        self.inner = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self.inner.readinto(buffer)
+
+
+def webdataset_tar(samples: dict[str, dict[str, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_tar_samples_are_the_same_in_place_and_as_a_stream(tmp_path):
+    samples = {"shard/000": {"jpg": os.urandom(150_000), "txt": b"a red bus"}, "shard/001": {"jpg": os.urandom(70_000), "json": b"{}"}}
+    data = webdataset_tar(samples)
+    (tmp_path / "s.tar").write_bytes(data)
+    (tmp_path / "s.tar.gz").write_bytes(gzip.compress(data))
+    for name in ("s.tar", "s.tar.gz"):
+        with open_file(str(tmp_path / name), compression=None) as f:
+            assert f.seekable() and dict(tar_samples(f)) == samples
+        stream = io.BufferedReader(Stream((tmp_path / name).read_bytes()))
+        assert not stream.seekable() and dict(tar_samples(stream)) == samples
