@@ -3,8 +3,8 @@
 Every decision is made on slim records (uid, pHash, the cleaned caption's length, a digest of the image
 bytes, and an opaque `where` the caller uses to join the answer back), never on rows that carry images,
 and no step holds more than one key's group: nothing grows with the run on one worker. The records
-travel as plain tuples, which Beam encodes field by field (about 110 bytes with a 30-character `where`);
-a NamedTuple would be pickled, its class name included (175 bytes).
+travel as plain tuples, which Beam encodes field by field (106 bytes with a 30-character `where`); a
+NamedTuple would be pickled, its class name included (174 bytes).
 
 1. Nodes are the distinct pHashes. Identical bytes always give identical pHashes, so exact copies (and
    images with the same pixels) share a node, however many there are: blank images make one node.

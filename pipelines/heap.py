@@ -13,8 +13,8 @@ per row group) come from Arrow's own pool. arrow_pool_for_images() asks for jema
 wheels carry: it reuses freed pages for the next row group and returns what stays unused after about a
 second, so a worker holds a bounded working set. The pyarrow wheels' default, mimalloc, kept more than
 250 MB of freed image tables in a fresh process; glibc's malloc (the system pool) returns each buffer at
-once, but then every row group's buffers are new mappings, faulted in page by page: 190 page faults and
-a third of the run's time in the kernel per input pair. Arrow reads the choice from the environment once,
+once, but then every row group's buffers are new mappings, faulted in page by page: 190 page faults per
+input pair, and a third of the run's time spent in the kernel. Arrow reads the choice from the environment once,
 when pyarrow is imported, so the command line calls it before anything imports pyarrow, and the worker
 processes it starts inherit it; workers started elsewhere (a cluster's, a worker pool) need
 ARROW_DEFAULT_MEMORY_POOL=jemalloc in their own environment (README, Scale). A pyarrow built without

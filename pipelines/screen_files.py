@@ -41,7 +41,7 @@ FILES = "files"  # output tag: the work files written
 COUNTS = "counts"  # output tag: ((source, reason), count) of the rejects
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes and the done records, removed at the end of a run
 CANDIDATES, DONE = "candidates", "done"  # folders under the work folder
-MEMBERS = pa.schema([("uid", pa.string()), ("phash", pa.string()), ("caption_chars", pa.int64()), ("digest", pa.binary()), ("where", pa.string())])
+MEMBERS = pa.schema([(name, {"caption_chars": pa.int64(), "digest": pa.binary()}.get(name, pa.string())) for name in Member._fields])
 METADATA = b"stage1_done"  # the done record's Parquet metadata key: its work files and reject counts
 
 
@@ -116,7 +116,7 @@ class ScreenFile(beam.DoFn):
         for pair in READERS[self.layout](self.source, path):
             kept, row = curate(pair, self.config, self.langid, self.keep_rejected_images)
             if kept:
-                members.append(member(row, work.write(row).rsplit("/", 1)[-1]))
+                members.append(member(row, work.write(row)))
                 yield members[-1]
                 continue
             rejected = rejected or ParquetFile(rules_rejects(self.output, key), schemas.REJECTED)

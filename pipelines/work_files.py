@@ -43,15 +43,14 @@ class WorkFileWriter:
         self.files, self.out = [], None
 
     def write(self, row: dict) -> str:
-        """Write a row; returns the path of the work file that holds it."""
+        """Write a row; returns the name of the work file that holds it (in the folder)."""
+        name = f"{self.key}-{len(self.files):05d}.parquet"
         if self.out is None:
-            name = f"{self.key}-{len(self.files):05d}.parquet"
             self.out = ParquetFile(FileSystems.join(self.folder, name), schemas.CURATED, ROW_GROUP)
         self.out.write(row)
-        path = self.out.path
         if self.out.rows >= ROWS_PER_FILE:
             self.close()
-        return path
+        return name
 
     def close(self) -> list[str]:
         """Finish the open file; returns every file written."""
