@@ -84,6 +84,15 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far, from /proc (0 once it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -99,11 +108,13 @@ def _descendants(pid: int) -> list[int]:
 
 class PeakMemory:
     """Peak PSS, sampled every 0.2 s, of a launcher process and of the SDK worker processes: the
-    launcher's children, or the processes of an external worker pool."""
+    launcher's children, or the processes of an external worker pool; and the CPU seconds each side
+    used (the last sample of each process: at most 0.2 s of a process's end is missed)."""
 
     def __init__(self, launcher: int, pool: int | None = None):
         self.launcher, self.pool = launcher, pool
         self.peak_launcher = self.peak_workers = self.peak_total = 0
+        self.cpu: dict[int, float] = {}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample)
         self.thread.start()
@@ -115,13 +126,19 @@ class PeakMemory:
             self.peak_launcher = max(self.peak_launcher, launcher)
             self.peak_workers = max(self.peak_workers, in_workers)
             self.peak_total = max(self.peak_total, launcher + in_workers)
+            for pid in [self.launcher, *workers]:
+                self.cpu[pid] = max(self.cpu.get(pid, 0.0), _cpu_seconds(pid))
             time.sleep(0.2)
 
     def stop(self) -> dict[str, float]:
         self.done.set()
         self.thread.join()
         gb = 1024 * 1024
-        return {"total": self.peak_total / gb, "launcher": self.peak_launcher / gb, "workers": self.peak_workers / gb}
+        launcher_cpu = self.cpu.get(self.launcher, 0.0)
+        return {
+            "total": self.peak_total / gb, "launcher": self.peak_launcher / gb, "workers": self.peak_workers / gb,
+            "launcher_cpu": launcher_cpu, "workers_cpu": sum(self.cpu.values()) - launcher_cpu,
+        }
 
 
 def free_port() -> int:
@@ -131,7 +148,8 @@ def free_port() -> int:
 
 
 def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float], int]:
-    """(seconds, peak PSS in GB: total, launcher, workers; pairs) of one stage1 run as a subprocess.
+    """(seconds, peak PSS in GB and CPU seconds of the launcher and the workers, pairs) of one stage1 run
+    as a subprocess.
     mode: "1" (in-process), "2" (multi_processing, 2 workers) or "portable" (PortableRunner, an
     external worker pool: the launcher holds the job service and its in-memory shuffle, the pool's
     processes are the SDK workers a cluster would run)."""
@@ -194,6 +212,7 @@ def main() -> None:
             print(
                 f"  stage1, {MODES[mode]}: {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, {rate / cores:,.0f} per core; "
                 f"peak PSS {peak['total']:.2f} GB (launcher {peak['launcher']:.2f}, SDK workers {peak['workers']:.2f}); "
+                f"CPU {peak['launcher_cpu']:.0f} s in the launcher, {peak['workers_cpu']:.0f} s in SDK workers; "
                 f"ratio to baseline {rate / cores / baseline:.2f}; "
                 f"{rate / cores / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
             )

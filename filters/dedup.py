@@ -359,42 +359,43 @@ def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
     return labels
 
 
-# --- the same steps on hex-string hashes, as the Beam pipeline runs them (pipelines/find_duplicates.py) ---------
+# --- the same steps on single hashes, as the Beam pipeline runs them (pipelines/find_duplicates.py) ------------
 
 
 def phash_int64(phash: str) -> int:
     """A pHash's 16 hex digits as the signed 64-bit integer with the same bits: curated/'s `phash` column,
-    which Spark, DuckDB and pandas read as a plain BIGINT (bit_count(a XOR b) is the distance)."""
+    which Spark, DuckDB and pandas read as a plain BIGINT (bit_count(a XOR b) is the distance). The
+    pipeline's dedup works on these integers too: Beam encodes one in 10 bytes or fewer, the hex in 18."""
     value = int(phash, 16)
     return value - (1 << HASH_BITS) if value >> (HASH_BITS - 1) else value
 
 
-def phash_hex(value: int) -> str:
-    """The inverse of phash_int64: 16 hex digits, as imagehash writes them."""
-    return f"{value & WORD:016x}"
-
+def hash_distance(a: int, b: int) -> int:
+    """The Hamming distance of two hashes given as phash_int64 integers (the sign is just the top bit)."""
+    return ((a ^ b) & WORD).bit_count()
 
 
 @lru_cache
-def _band_masks(k: int) -> tuple[int, ...]:
-    return tuple(band_keys(k, 1))
+def _bands(k: int) -> tuple[tuple[int, int], ...]:
+    """(mask, shift) of each of the k+1 bands: the band's bits, and where its lowest bit sits."""
+    return tuple((mask, (mask & -mask).bit_length() - 1) for mask in band_keys(k, 1))
 
 
-def bucket_keys(phash: str, k: int) -> list[str]:
-    """The k+1 buckets of one hash, as "band:value" strings: two hashes within distance k share at least
-    one (pigeonhole)."""
-    value = int(phash, 16)
-    return [f"{band}:{value & mask:016x}" for band, mask in enumerate(_band_masks(k))]
+def bucket_keys(phash: int, k: int) -> list[int]:
+    """The k+1 buckets of one hash (a phash_int64 integer): two hashes within distance k share at least one
+    (pigeonhole). A bucket is a small integer, the band's bits shifted down times k+1 plus the band's
+    number (3 bytes on the wire for k=4, whose bands are 12-13 bits wide)."""
+    return [((phash & mask) >> shift) * (k + 1) + band for band, (mask, shift) in enumerate(_bands(k))]
 
 
-def bucket_pairs(phashes: list[str], k: int) -> list[tuple[str, str, int]]:
-    """The pairs (a < b, distance) of distinct hashes in one bucket within distance k, verified. A large
-    bucket goes through `near_pairs` too, so it costs about its size, not its size squared."""
+def bucket_pairs(phashes: list[int], k: int) -> list[tuple[int, int, int]]:
+    """The pairs (a < b, distance) of distinct hashes (phash_int64 integers) in one bucket within distance
+    k, verified. A large bucket goes through `near_pairs` too, so it costs about its size, not its size
+    squared."""
     if len(phashes) <= SMALL_BUCKET // 4:  # a few hashes: plain Python beats numpy's set-up cost
-        values = [int(h, 16) for h in phashes]
-        pairs = ((i, j, (values[i] ^ values[j]).bit_count()) for i in range(len(values)) for j in range(i + 1, len(values)))
-        return [(*sorted((phashes[i], phashes[j])), d) for i, j, d in pairs if d <= k]
-    values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)
+        pairs = ((a, b, hash_distance(a, b)) for i, a in enumerate(phashes) for b in phashes[i + 1 :])
+        return [(*sorted((a, b)), d) for a, b, d in pairs if d <= k]
+    values = np.array(phashes, dtype=np.int64).view(np.uint64)
     pairs = near_pairs(values, k)
     distances = _distance(values[pairs[:, 0]], values[pairs[:, 1]])
     return [(*sorted((phashes[i], phashes[j])), int(d)) for (i, j), d in zip(pairs.tolist(), distances.tolist())]

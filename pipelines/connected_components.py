@@ -1,7 +1,7 @@
 """Connected components of a graph too large for one worker, in Beam: the large-star / small-star
 algorithm (Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014).
 
-The graph is a PCollection of edges (a, b) between comparable nodes (here pHash hex strings). Each round
+The graph is a PCollection of edges (a, b) between comparable nodes (here pHashes as 64-bit integers). Each round
 is two GroupByKeys over the edges, never over the nodes' whole components:
 - large-star: each node u, with its neighbours, links every neighbour larger than u to m, the smallest
   of u and its neighbours;
@@ -20,8 +20,8 @@ that has a parent itself); `NodeRoots` fails loudly with the round count if ther
 answer is never returned.
 
 Cost per edge and round: three shuffled records of a pair of node ids (the edge both ways, then once;
-two 16-character hashes, ~50 bytes each with the runner's framing); at 5B input pairs, with about 0.5B
-near-duplicate edges, 24 rounds move about 1.8 TB through the shuffle, spread over every worker, with no
+two 64-bit hashes, ~25 bytes each with the runner's framing); at 5B input pairs, with about 0.5B
+near-duplicate edges, 24 rounds move about 0.9 TB through the shuffle, spread over every worker, with no
 per-worker state beyond one node's group.
 """
 

@@ -3,12 +3,14 @@
 Every decision is made on slim records (uid, pHash, the cleaned caption's length, a digest of the image
 bytes, and an opaque `where` the caller uses to join the answer back), never on rows that carry images,
 and no step holds more than one key's group: nothing grows with the run on one worker. The records
-travel as plain tuples, which Beam encodes field by field (106 bytes with a 30-character `where`); a
-NamedTuple would be pickled, its class name included (174 bytes).
+travel as plain tuples, which Beam encodes field by field (99 bytes with a 32-character uid and a
+30-character `where`); a NamedTuple would be pickled, its class name included (174 bytes). A pHash is
+the signed 64-bit integer of curated/'s `phash` column all the way through (10 or 11 bytes on the wire,
+where its hex would take 17).
 
 1. Nodes are the distinct pHashes. Identical bytes always give identical pHashes, so exact copies (and
    images with the same pixels) share a node, however many there are: blank images make one node.
-2. Candidate pairs: each distinct hash goes to its k+1 band buckets ("band:value"); by the pigeonhole
+2. Candidate pairs: each distinct hash goes to its k+1 band buckets (small integers); by the pigeonhole
    principle two hashes within distance k share one. Inside a bucket every pair is verified with its
    full distance (filters.dedup.bucket_pairs); a large bucket (a cluster of similar hashes) goes
    through the sub-banded search, so it costs about its size, not its size squared. Bucket sizes are
@@ -20,9 +22,9 @@ NamedTuple would be pickled, its class name included (174 bytes).
    filters.dedup.preference), once to name it in every other member's detail: "exact duplicate of UID"
    (same bytes) or "near duplicate of UID (pHash distance D)".
 
-Shuffle per candidate: its slim record twice (about 130 bytes each with its key: by node to meet its
+Shuffle per candidate: its slim record twice (about 110 bytes each with its key: by node to meet its
 root, by root to meet its keeper) and its pHash once (to find the distinct hashes); per distinct hash,
-its k+1 bucket keys; per edge, the component rounds. Hot keys cost time on one worker, never memory: a
+its k+1 (bucket, hash) records, about 16 bytes each; per edge, the component rounds. Hot keys cost time on one worker, never memory: a
 blank image repeated a million times is one node, and a huge component one root, whose members are
 streamed past their root and then twice past the min, never listed.
 """
@@ -33,7 +35,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from filters.dedup import bucket_keys, bucket_pairs, phash_hex, preference
+from filters.dedup import bucket_keys, bucket_pairs, hash_distance, preference
 from pipelines.connected_components import DEFAULT_ROUNDS, ConnectedComponents
 
 DEFAULT_MAX_DISTANCE = 4  # bits of 64: re-encodes, resizes and light edits; distinct images sit at 10+
@@ -41,7 +43,7 @@ DEFAULT_MAX_DISTANCE = 4  # bits of 64: re-encodes, resizes and light edits; dis
 
 class Member(NamedTuple):
     uid: str
-    phash: str
+    phash: int  # as curated/'s column: the 64 bits as a signed integer (filters.dedup.phash_int64)
     caption_chars: int  # the cleaned caption's length, all the keeper rule needs of it
     digest: bytes  # of the encoded image bytes (16 bytes of BLAKE2b)
     where: str = ""  # the caller's: e.g. the name of the work file that holds the row
@@ -49,7 +51,7 @@ class Member(NamedTuple):
 
 def member(row: dict, where: str = "") -> Member:
     digest = hashlib.blake2b(row["image"], digest_size=16).digest()
-    return Member(row["uid"], phash_hex(row["phash"]), len(row["caption"]), digest, where)
+    return Member(row["uid"], row["phash"], len(row["caption"]), digest, where)
 
 
 def members_of(records):
@@ -65,11 +67,10 @@ def duplicate_detail(m: Member, keeper: Member) -> str:
     """Why `m` is a duplicate of `keeper`: the same bytes, or a pHash distance."""
     if m.digest == keeper.digest:
         return f"exact duplicate of {keeper.uid}"
-    distance = (int(m.phash, 16) ^ int(keeper.phash, 16)).bit_count()
-    return f"near duplicate of {keeper.uid} (pHash distance {distance})"
+    return f"near duplicate of {keeper.uid} (pHash distance {hash_distance(m.phash, keeper.phash)})"
 
 
-def verified_pairs(bucket: tuple, k: int) -> list[tuple[str, str]]:
+def verified_pairs(bucket: tuple, k: int) -> list[tuple[int, int]]:
     """The verified pairs of one (key, hashes) bucket."""
     hashes = sorted(bucket[1])
     Metrics.distribution("dedup", "bucket_size").update(len(hashes))
@@ -139,7 +140,7 @@ class FindDuplicates(beam.PTransform):
         return (
             by_node
             | "ToRoot" >> Lookup(roots)
-            | "ByRoot" >> beam.MapTuple(lambda node, root, m: (root or node, m))
+            | "ByRoot" >> beam.MapTuple(lambda node, root, m: (node if root is None else root, m))
             | "GroupByRoot" >> beam.GroupByKey()
             | "Duplicates" >> beam.FlatMap(duplicates_in_group)
         )

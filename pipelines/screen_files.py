@@ -41,7 +41,7 @@ FILES = "files"  # output tag: the work files written
 COUNTS = "counts"  # output tag: ((source, reason), count) of the rejects
 WORK = "_work"  # OUTPUT/_work: the candidates between the passes and the done records, removed at the end of a run
 CANDIDATES, DONE = "candidates", "done"  # folders under the work folder
-MEMBERS = pa.schema([(name, {"caption_chars": pa.int64(), "digest": pa.binary()}.get(name, pa.string())) for name in Member._fields])
+MEMBERS = pa.schema([(name, {"phash": pa.int64(), "caption_chars": pa.int64(), "digest": pa.binary()}.get(name, pa.string())) for name in Member._fields])
 METADATA = b"stage1_done"  # the done record's Parquet metadata key: its work files and reject counts
 
 

@@ -6,10 +6,10 @@ from filters.dedup import (
     bucket_keys,
     bucket_pairs,
     duplicate_groups,
+    hash_distance,
     key_permutations,
     near_pairs,
     permute,
-    phash_hex,
     phash_int64,
     preference,
     unpermute,
@@ -151,27 +151,29 @@ def test_bucket_keys_share_a_band_within_k():
     a = 0x0123_4567_89AB_CDEF
     near = flip(a, [0, 13, 26, 39])  # one flip in each of four of the five bands
     far = flip(a, [0, 13, 26, 39, 52])  # one flip in every band
-    keys = {h: set(bucket_keys(f"{h:016x}", 4)) for h in (a, near, far)}
+    keys = {h: set(bucket_keys(h, 4)) for h in (a, near, far)}
     assert len(keys[a]) == 5
-    assert keys[a] & keys[near] == {"4:0120000000000000"}  # bits 51-63
+    assert keys[a] & keys[near] == {(0x0123 >> 3) * 5 + 4}  # band 4: bits 51-63, shifted down
+    assert bucket_keys(phash_int64("8000000000000000"), 4) == [0, 1, 2, 3, 4096 * 5 + 4]  # the sign is bit 63
     assert keys[a] & keys[far] == set()
 
 
 def test_bucket_pairs_verify_the_distance():
     a = 0x0F0F_0F0F_0F0F_0F0F
-    hashes = [f"{h:016x}" for h in (a, flip(a, [1, 9, 17, 33]), flip(a, [2, 10, 18, 34, 50]))]
-    assert bucket_pairs(hashes, 4) == [(hashes[1], hashes[0], 4)]  # a < b as strings
+    hashes = [a, flip(a, [1, 9, 17, 33]), flip(a, [2, 10, 18, 34, 50])]
+    assert bucket_pairs(hashes, 4) == [(hashes[1], hashes[0], 4)]  # a < b
     assert bucket_pairs(hashes[:1], 4) == []
-    many = hashes + [f"{h:016x}" for h in range(1, 40)]  # a bucket large enough for the numpy path
-    assert (hashes[1], hashes[0], 4) in bucket_pairs(many, 4)
-    assert sorted(bucket_pairs(many, 4)) == sorted(bucket_pairs(many[:3], 4) + bucket_pairs(many[3:], 4) + [
-        (*sorted((a, b)), (int(a, 16) ^ int(b, 16)).bit_count()) for a in many[:3] for b in many[3:] if (int(a, 16) ^ int(b, 16)).bit_count() <= 4
+    negative = [phash_int64("ffffffffffffffff"), phash_int64("7fffffffffffffff")]  # differ in the sign bit only
+    assert bucket_pairs(negative, 4) == [(-1, 2**63 - 1, 1)]
+    many = hashes + negative + list(range(1, 40))  # a bucket large enough for the numpy path
+    assert (hashes[1], hashes[0], 4) in bucket_pairs(many, 4) and (-1, 2**63 - 1, 1) in bucket_pairs(many, 4)
+    assert sorted(bucket_pairs(many, 4)) == sorted(bucket_pairs(many[:5], 4) + bucket_pairs(many[5:], 4) + [
+        (*sorted((a, b)), hash_distance(a, b)) for a in many[:5] for b in many[5:] if hash_distance(a, b) <= 4
     ])
 
 
 def test_phash_column_is_the_hashs_bits_as_a_signed_64_bit_integer():
     cases = {"0000000000000000": 0, "00000000000000ff": 255, "7fffffffffffffff": 2**63 - 1, "8000000000000000": -(2**63), "ffffffffffffffff": -1}
     assert {h: phash_int64(h) for h in cases} == cases
-    assert [phash_hex(v) for v in cases.values()] == list(cases)
-    a, b = phash_int64("f0000000000000ff"), phash_int64("f0000000000000fe")
-    assert ((a ^ b) & (2**64 - 1)).bit_count() == 1  # the distance survives the sign
+    assert hash_distance(phash_int64("f0000000000000ff"), phash_int64("f0000000000000fe")) == 1  # the distance survives the sign
+    assert hash_distance(phash_int64("ffffffffffffffff"), phash_int64("0000000000000000")) == 64
