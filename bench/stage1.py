@@ -5,10 +5,10 @@
 For each corpus size it runs `beam_runner.py stage1` as a user would: the in-process runner (one core),
 multi_processing with two workers, and the portable runner with an external worker pool (the path Spark
 and Flink take). It samples the proportional set size (PSS) of the launcher and of the SDK worker
-processes, and prints pairs/s, pairs/s per core and peak memory; at the end, how peak memory grows from
-the smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it
-grows with the run by design: the slim dedup records, about 0.5 KB a pair at its peak); what must stay flat
-is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
+processes, and prints pairs/s, pairs/s per core, peak memory and the CPU seconds each side used (with
+two workers, how much of the two cores the workers got); at the end, how peak memory grows from the
+smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it grows
+with the run by design); what must stay flat is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
 shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
 without reading or decoding, are what the 2,000 pairs/s per core target is about). The peer Data-Juicer's
