@@ -5,8 +5,9 @@
 For each corpus size it runs `beam_runner.py stage1` as a user would: the in-process runner (one core),
 multi_processing with two workers, and the portable runner with an external worker pool (the path Spark
 and Flink take). It samples the proportional set size (PSS) of the launcher and of the SDK worker
-processes, and prints pairs/s, pairs/s per core, peak memory and the CPU seconds each side used (with
-two workers, how much of the two cores the workers got); at the end, how peak memory grows from the
+processes, and prints pairs/s, pairs/s per core, peak memory, the CPU seconds each side used and how
+many of the machine's cores were busy on average (with two workers: how much of the two cores the
+workers got, and how much sat idle); at the end, how peak memory grows from the
 smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it grows
 with the run by design); what must stay flat is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
 corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
@@ -93,6 +94,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy since boot (everything but idle and iowait)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, open("/proc/stat").readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def _descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -148,8 +155,8 @@ def free_port() -> int:
 
 
 def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float], int]:
-    """(seconds, peak PSS in GB and CPU seconds of the launcher and the workers, pairs) of one stage1 run
-    as a subprocess.
+    """(seconds, peak PSS in GB and CPU seconds of the launcher and the workers and the machine's average
+    busy cores, pairs) of one stage1 run as a subprocess.
     mode: "1" (in-process), "2" (multi_processing, 2 workers) or "portable" (PortableRunner, an
     external worker pool: the launcher holds the job service and its in-memory shuffle, the pool's
     processes are the SDK workers a cluster would run)."""
@@ -165,12 +172,13 @@ def run_stage1(raw: Path, out: Path, mode: str) -> tuple[float, dict[str, float]
         time.sleep(2)
     elif int(mode) > 1:
         command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={mode}"]
-    started = time.perf_counter()
+    started, busy = time.perf_counter(), _machine_busy_seconds()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     memory = PeakMemory(process.pid, pool.pid if pool else None)
     _, err = process.communicate()
     peaks = memory.stop()
     seconds = time.perf_counter() - started
+    peaks["busy_cores"] = (_machine_busy_seconds() - busy) / seconds
     if pool:
         pool.terminate()
         pool.wait()
@@ -212,7 +220,8 @@ def main() -> None:
             print(
                 f"  stage1, {MODES[mode]}: {done:,} pairs in {seconds:.1f} s = {rate:,.0f} pairs/s, {rate / cores:,.0f} per core; "
                 f"peak PSS {peak['total']:.2f} GB (launcher {peak['launcher']:.2f}, SDK workers {peak['workers']:.2f}); "
-                f"CPU {peak['launcher_cpu']:.0f} s in the launcher, {peak['workers_cpu']:.0f} s in SDK workers; "
+                f"CPU {peak['launcher_cpu']:.0f} s in the launcher, {peak['workers_cpu']:.0f} s in SDK workers, "
+                f"cores busy on average {peak['busy_cores']:.2f} of {os.cpu_count()}; "
                 f"ratio to baseline {rate / cores / baseline:.2f}; "
                 f"{rate / cores / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
             )
