@@ -365,7 +365,7 @@ def duplicate_groups(hashes: np.ndarray, k: int) -> np.ndarray:
 def phash_int64(phash: str) -> int:
     """A pHash's 16 hex digits as the signed 64-bit integer with the same bits: curated/'s `phash` column,
     which Spark, DuckDB and pandas read as a plain BIGINT (bit_count(a XOR b) is the distance). The
-    pipeline's dedup works on these integers too: Beam encodes one in 10 bytes or fewer, the hex in 18."""
+    pipeline's dedup works on these integers too: Beam encodes one in 10 or 11 bytes, the hex in 17."""
     value = int(phash, 16)
     return value - (1 << HASH_BITS) if value >> (HASH_BITS - 1) else value
 

@@ -24,9 +24,9 @@ where its hex would take 17).
 
 Shuffle per candidate: its slim record twice (about 110 bytes each with its key: by node to meet its
 root, by root to meet its keeper) and its pHash once (to find the distinct hashes); per distinct hash,
-its k+1 (bucket, hash) records, about 16 bytes each; per edge, the component rounds. Hot keys cost time on one worker, never memory: a
-blank image repeated a million times is one node, and a huge component one root, whose members are
-streamed past their root and then twice past the min, never listed.
+its k+1 (bucket, hash) records, about 14 bytes each; per edge, the component rounds. Hot keys cost time
+on one worker, never memory: a blank image repeated a million times is one node, and a huge component
+one root, whose members are streamed past their root and then twice past the min, never listed.
 """
 
 import hashlib
