@@ -7,14 +7,15 @@ multi_processing with two workers, and the portable runner with an external work
 and Flink take). It samples the proportional set size (PSS) of the launcher and of the SDK worker
 processes, and prints pairs/s, pairs/s per core, peak memory, the CPU seconds each side used and how
 many of the machine's cores were busy on average (with two workers: how much of the two cores the
-workers got, and how much sat idle); at the end, how peak memory grows from the
-smallest corpus to the largest. The local runners keep their shuffle in the launcher's memory (it grows
-with the run by design); what must stay flat is the SDK workers', which is what a cluster's workers hold. The baseline, measured in the same run on the same
-corpus: the same readers, rules and decode in a plain Python loop on one core, without Beam, so the ratio
-shows what the pipeline costs over the bare work; each step's own rate is printed too (the rule steps,
-without reading or decoding, are what the 2,000 pairs/s per core target is about). The peer Data-Juicer's
-figure on this kind of machine (86-90 pairs/s per core for an equivalent recipe, measured with
-Data-Juicer 1.6.1 on 20,000 pairs; BENCHMARKS.md) is printed beside it for reference.
+workers got, and how much sat idle); at the end, how peak memory grows from the smallest corpus to the
+largest. The local runners keep their shuffle in the launcher's memory (it grows with the run by
+design); what must stay flat is the SDK workers', which is what a cluster's workers hold. The baseline,
+measured in the same run on the same corpus: the same readers, rules and decode in a plain Python loop
+on one core, without Beam, so the ratio shows what the pipeline costs over the bare work; each step's
+own rate is printed too (the rule steps, without reading or decoding, are what the 2,000 pairs/s per
+core target is about). The peer Data-Juicer's figure on this kind of machine (86-90 pairs/s per core for
+an equivalent recipe, measured with Data-Juicer 1.6.1 on 20,000 pairs; BENCHMARKS.md) is printed beside
+it for reference.
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """Connected components of a graph too large for one worker, in Beam: the large-star / small-star
 algorithm (Kiveris et al., "Connected Components in MapReduce and Beyond", SoCC 2014).
 
-The graph is a PCollection of edges (a, b) between comparable nodes (here pHashes as 64-bit integers). Each round
-is two GroupByKeys over the edges, never over the nodes' whole components:
+The graph is a PCollection of edges (a, b) between comparable nodes (here pHashes as 64-bit integers).
+Each round is two GroupByKeys over the edges, never over the nodes' whole components:
 - large-star: each node u, with its neighbours, links every neighbour larger than u to m, the smallest
   of u and its neighbours;
 - small-star: each node u links itself and every neighbour smaller than it to m, the smallest of them.

@@ -14,11 +14,11 @@ wheels carry: it reuses freed pages for the next row group and returns what stay
 second, so a worker holds a bounded working set. The pyarrow wheels' default, mimalloc, kept more than
 250 MB of freed image tables in a fresh process; glibc's malloc (the system pool) returns each buffer at
 once, but then every row group's buffers are new mappings, faulted in page by page: 190 page faults per
-input pair, and a third of the run's time spent in the kernel. Arrow reads the choice from the environment once,
-when pyarrow is imported, so the command line calls it before anything imports pyarrow, and the worker
-processes it starts inherit it; workers started elsewhere (a cluster's, a worker pool) need
-ARROW_DEFAULT_MEMORY_POOL=jemalloc in their own environment (README, Scale). A pyarrow built without
-jemalloc warns and keeps its default.
+input pair, and a third of the run's time spent in the kernel. Arrow reads the choice from the
+environment once, when pyarrow is imported, so the command line calls it before anything imports
+pyarrow, and the worker processes it starts inherit it; workers started elsewhere (a cluster's, a worker
+pool) need ARROW_DEFAULT_MEMORY_POOL=jemalloc in their own environment (README, Scale). A pyarrow built
+without jemalloc warns and keeps its default.
 
 Measured with bench/stage1.py on the portable runner (SDK worker's peak PSS, 20,000 -> 60,000 pairs):
 0.83 -> 0.97 GB with glibc's default, 0.76 -> 0.82 GB with the threshold pinned (BENCHMARKS.md). Stage 1

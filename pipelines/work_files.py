@@ -40,14 +40,15 @@ class WorkFileWriter:
 
     def __init__(self, folder: str, key: str):
         self.folder, self.key = folder, key
-        self.files, self.out = [], None
+        self.files, self.out, self.name = [], None, ""
 
     def write(self, row: dict) -> str:
         """Write a row; returns the name of the work file that holds it (in the folder)."""
-        name = f"{self.key}-{len(self.files):05d}.parquet"
         if self.out is None:
-            self.out = ParquetFile(FileSystems.join(self.folder, name), schemas.CURATED, ROW_GROUP)
+            self.name = f"{self.key}-{len(self.files):05d}.parquet"
+            self.out = ParquetFile(FileSystems.join(self.folder, self.name), schemas.CURATED, ROW_GROUP)
         self.out.write(row)
+        name = self.name
         if self.out.rows >= ROWS_PER_FILE:
             self.close()
         return name
