@@ -122,6 +122,27 @@ def local_copy(path: str) -> str:
     return target
 
 
+def drop_cached(path: str) -> bool:
+    """Tell the kernel that a local file read through once will not be read again (posix_fadvise
+    DONTNEED): its clean pages in the page cache are freed at once, so the files written next reuse them
+    instead of pushing other files out (HDFS's drop-behind reads do the same). Pages not yet written back
+    stay. Returns False where nothing was done: a remote path, a file gone, a system without
+    posix_fadvise. On the project's CPU machine, a VM that hands free memory back to its host, writing
+    into freshly freed pages is 15x cheaper than into pages the host took back (1 GB in 0.15 s of
+    system time against 2.3 s)."""
+    if "://" in path or not hasattr(os, "posix_fadvise"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
 def tar_samples(f) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample of a tar file, members grouped by key as webdataset does:
     the key is the member's path up to the first dot of its file name, the extension is lowercased.

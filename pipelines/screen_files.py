@@ -26,7 +26,7 @@ from filters.config import SourceConfig
 from filters.curate import curate
 from filters.langid import LanguageId
 from formats import schemas
-from formats.files import parquet_file
+from formats.files import drop_cached, parquet_file
 from formats.sources.img2dataset import IMG2DATASET_PARQUET, WEBDATASET, read_img2dataset_parquet, read_webdataset
 from formats.sources.manifest import read_manifest
 from pipelines.find_duplicates import Member, member
@@ -78,7 +78,8 @@ class ScreenFile(beam.DoFn):
     """An input file's path -> its candidates' Members (main output), its work files (tagged FILES) and
     its reject counts (tagged COUNTS), its rows written as the module says; a progress bar of the
     source's files done in this process (on a terminal only). The fastText model loads once per worker;
-    image-sized blocks are mapped apart (pipelines/heap.py)."""
+    image-sized blocks are mapped apart (pipelines/heap.py); an input file read through leaves the page
+    cache (formats/files.py: drop_cached)."""
 
     def __init__(self, inp: Input, config: SourceConfig, langid_model: str | None, keep_rejected_images: bool, output: str, work: str,
                  resume: bool):
@@ -125,6 +126,7 @@ class ScreenFile(beam.DoFn):
             Metrics.counter("stage1", row["reason"]).inc()
         if rejected:
             rejected.close()
+        drop_cached(path)  # read once: its pages go to the work files written next
         return members, work.close(), rejects
 
     def teardown(self):

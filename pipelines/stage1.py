@@ -32,6 +32,7 @@ from filters.dedup import HASH_BITS
 from filters.langid import LangIdError, LanguageId
 from filters.semantic_dedup import EMBEDDING
 from formats import reasons, schemas
+from formats.files import drop_cached
 from formats.pair import Reject
 from pipelines import resume as resume_lib
 from pipelines import stage1_report as report_lib
@@ -99,7 +100,8 @@ class Decide(beam.DoFn):
     rejected/run-NAME.parquet; the rest -> curated/NAME.parquet, NAME being the work file's
     (work_files.WorkFileWriter), so each run writes the same files. Outputs ((source, outcome), count)
     per file, and tagged LANGUAGES ((source, language), count) of the kept. The decisions read only the
-    small columns; the rows go from the work file to their output as Arrow tables, images untouched.
+    small columns; the rows go from the work file to their output as Arrow tables, images untouched, and
+    the work file, read for the last time, leaves the page cache (formats/files.py: drop_cached).
 
     Dedup comes before CLIP, in the recipe's order, so a duplicate's keeper may still fail CLIP: its
     group then has no pair in curated/. The duplicate's row names its keeper in `duplicate_of`, so a join
@@ -155,6 +157,7 @@ class Decide(beam.DoFn):
                     writers[kind].write_table(rows)
         for writer in writers.values():
             writer.close()
+        drop_cached(path)  # its last reader: its pages go to the next file's outputs
         yield from outcomes.items()
         for item in languages.items():
             yield beam.pvalue.TaggedOutput(LANGUAGES, item)

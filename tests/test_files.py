@@ -1,6 +1,7 @@
 """formats/files.py: reading Parquet files of images without holding them whole; creating files as Arrow streams;
-webdataset tars read in place or as a stream."""
+webdataset tars read in place or as a stream; a file read through once dropped from the page cache."""
 
+import ctypes
 import gzip
 import io
 import os
@@ -10,7 +11,9 @@ import tracemalloc
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from formats.files import create_file, open_file, parquet_file, tar_samples
+import pytest
+
+from formats.files import create_file, drop_cached, open_file, parquet_file, tar_samples
 
 GROUP_BYTES = 2 << 20  # per row group: 20 rows of 100 KB
 GROUPS = 10
@@ -75,3 +78,49 @@ def test_tar_samples_are_the_same_in_place_and_as_a_stream(tmp_path):
             assert f.seekable() and dict(tar_samples(f)) == samples
         stream = io.BufferedReader(Stream((tmp_path / name).read_bytes()))
         assert not stream.seekable() and dict(tar_samples(stream)) == samples
+
+
+def cached_pages(path: str) -> int:
+    """How many of a file's pages are in the page cache (mincore on a mapping never touched)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    size, page = os.path.getsize(path), os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+    finally:
+        os.close(fd)
+    pages = (ctypes.c_ubyte * ((size + page - 1) // page))()
+    try:
+        assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), pages) == 0
+    finally:
+        libc.munmap(ctypes.c_void_p(address), ctypes.c_size_t(size))
+    return sum(p & 1 for p in pages)
+
+
+def filesystem_type(path: str) -> str:
+    mounts = [line.split()[1:3] for line in open("/proc/mounts")]
+    return max((m for m in mounts if path.startswith(m[0])), key=lambda m: len(m[0]))[1]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not os.path.exists("/proc/mounts"), reason="Linux only: posix_fadvise, /proc/mounts")
+def test_drop_cached_frees_a_files_clean_pages(tmp_path):
+    if filesystem_type(str(tmp_path)) == "tmpfs":
+        pytest.skip("a tmpfs file lives in memory: there is no cache to drop")
+    path = str(tmp_path / "shard.tar")
+    with open(path, "wb") as f:
+        f.write(os.urandom(4 << 20))
+        f.flush()
+        os.fsync(f.fileno())  # written back: clean pages, which the kernel can drop
+    with open(path, "rb") as f:
+        assert len(f.read()) == 4 << 20
+    assert cached_pages(path) == (4 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert drop_cached(path) is True
+    assert cached_pages(path) == 0
+    with open(path, "rb") as f:
+        assert len(f.read()) == 4 << 20  # the file itself is untouched
+
+
+def test_drop_cached_does_nothing_where_it_cannot(tmp_path):
+    assert drop_cached("gs://bucket/shard.tar") is False
+    assert drop_cached(str(tmp_path / "gone.tar")) is False
