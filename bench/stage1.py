@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from filters.config import load_config  # noqa: E402
 from filters.image_rules import decode_phash  # noqa: E402
 from filters.langid import LanguageId  # noqa: E402
+from formats.files import drop_cached  # noqa: E402
 from filters.curate import first_reject  # noqa: E402
 from formats.sources.img2dataset import read_webdataset  # noqa: E402
 from pipelines.heap import ARROW_POOL, IMAGE_POOL  # noqa: E402
@@ -52,6 +53,15 @@ def corpus(workdir: Path, pairs: int) -> Path:
         make_sample(str(path), pairs=pairs, seed=0)
         print(f"  made {pairs:,} pairs in {time.perf_counter() - started:.0f} s")
     return path
+
+
+def from_disk(raw: Path) -> None:
+    """Put a corpus out of the page cache, so the next run reads it from the disk, as a run at scale reads
+    its input (stage 1 drops each input file it has read: without this the run after a plain loop would
+    read from memory and the one after a stage-1 run from the disk)."""
+    os.sync()  # a corpus just made may not be written back yet: only clean pages can be dropped
+    for path in raw.iterdir():
+        drop_cached(str(path))
 
 
 def plain_steps(raw: Path) -> dict[str, float]:
@@ -205,6 +215,7 @@ def main() -> None:
     for pairs in args.pairs:
         print(f"\n{pairs:,} pairs")
         raw = corpus(workdir, pairs)
+        from_disk(raw)
         steps = plain_steps(raw)
         baseline = steps["all"]
         print(
@@ -213,6 +224,7 @@ def main() -> None:
         )
         for mode in args.modes:
             out = workdir / f"out-{pairs}-{mode}"
+            from_disk(raw)
             seconds, peak, done = run_stage1(raw, out, mode)
             shutil.rmtree(out)  # a 300,000-pair run writes tens of GB
             peaks.setdefault(mode, {})[pairs] = peak
