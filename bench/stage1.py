@@ -11,7 +11,8 @@ workers got, and how much sat idle); at the end, how peak memory grows from the 
 largest. The local runners keep their shuffle in the launcher's memory (it grows with the run by
 design); what must stay flat is the SDK workers', which is what a cluster's workers hold. The baseline,
 measured in the same run on the same corpus: the same readers, rules and decode in a plain Python loop
-on one core, without Beam, so the ratio shows what the pipeline costs over the bare work; each step's
+on one core, without Beam, so the ratio shows what the pipeline costs over the bare work (for two workers,
+the same loop in two processes at once: what this machine's two cores give together); each step's
 own rate is printed too (the rule steps, without reading or decoding, are what the 2,000 pairs/s per
 core target is about). The peer Data-Juicer's figure on this kind of machine (86-90 pairs/s per core for
 an equivalent recipe, measured with Data-Juicer 1.6.1 on 20,000 pairs; BENCHMARKS.md) is printed beside
@@ -21,6 +22,7 @@ it for reference.
 import argparse
 import glob
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -64,16 +66,22 @@ def from_disk(raw: Path) -> None:
         drop_cached(str(path))
 
 
-def plain_steps(raw: Path) -> dict[str, float]:
+def shards(raw: Path) -> list[str]:
+    return sorted(glob.glob(str(raw / "*.tar")))
+
+
+def plain_steps(tars: list[str]) -> dict[str, float]:
     """Pairs/s of each step in a plain loop on one core, without Beam: the baseline. One shard at a time.
 
     read: tar shards -> RawPairs; rules: the caption rules, language ID and image-header rules (no
-    pixels); decode: the one decode + pHash of what passed; all: the three together, per input pair."""
+    pixels); decode: the one decode + pHash of what passed; all: the three together, per input pair.
+    Also the pairs read and the loop's start and end (time.time)."""
     cfg = load_config(["bench"])["bench"]
     langid = LanguageId()
     seconds = {"read": 0.0, "rules": 0.0, "decode": 0.0}
     n = decoded = 0
-    for shard in sorted(glob.glob(str(raw / "*.tar"))):
+    begun = time.time()
+    for shard in tars:
         started = time.perf_counter()
         pairs = list(read_webdataset("bench", shard))
         read = time.perf_counter()
@@ -85,7 +93,17 @@ def plain_steps(raw: Path) -> dict[str, float]:
         seconds["rules"] += rules - read
         seconds["decode"] += time.perf_counter() - rules
         n, decoded = n + len(pairs), decoded + len(headers)
-    return {"read": n / seconds["read"], "rules": n / seconds["rules"], "decode": decoded / seconds["decode"], "all": n / sum(seconds.values())}
+    return {"read": n / seconds["read"], "rules": n / seconds["rules"], "decode": decoded / seconds["decode"], "all": n / sum(seconds.values()),
+            "pairs": n, "begun": begun, "ended": time.time()}
+
+
+def plain_on_cores(tars: list[str], processes: int) -> float:
+    """Pairs/s of the plain loop in `processes` processes at once, each on every n-th shard: what this
+    machine's cores give together for the same work, so the baseline of stage 1 on as many workers
+    (two vCPUs of a VM need not give twice one). Timed from the first loop's start to the last one's end."""
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        done = pool.map(plain_steps, [tars[i::processes] for i in range(processes)])
+    return sum(d["pairs"] for d in done) / (max(d["ended"] for d in done) - min(d["begun"] for d in done))
 
 
 def _pss_kb(pid: int) -> int:
@@ -216,12 +234,16 @@ def main() -> None:
         print(f"\n{pairs:,} pairs")
         raw = corpus(workdir, pairs)
         from_disk(raw)
-        steps = plain_steps(raw)
-        baseline = steps["all"]
+        steps = plain_steps(shards(raw))
+        baselines = {1: steps["all"]}
         print(
             f"  plain loop, 1 core, no Beam: read {steps['read']:,.0f} pairs/s; rule steps {steps['rules']:,.0f} pairs/s; "
-            f"decode + pHash {steps['decode']:,.0f} images/s; all together {baseline:,.0f} pairs/s (the baseline)"
+            f"decode + pHash {steps['decode']:,.0f} images/s; all together {baselines[1]:,.0f} pairs/s (the baseline)"
         )
+        if "2" in args.modes:
+            from_disk(raw)
+            baselines[2] = plain_on_cores(shards(raw), 2) / 2
+            print(f"  plain loop, 2 processes at once: {baselines[2]:,.0f} pairs/s per core = {baselines[2] / baselines[1]:.2f}x one process (the two-worker baseline)")
         for mode in args.modes:
             out = workdir / f"out-{pairs}-{mode}"
             from_disk(raw)
@@ -235,7 +257,7 @@ def main() -> None:
                 f"peak PSS {peak['total']:.2f} GB (launcher {peak['launcher']:.2f}, SDK workers {peak['workers']:.2f}); "
                 f"CPU {peak['launcher_cpu']:.0f} s in the launcher, {peak['workers_cpu']:.0f} s in SDK workers, "
                 f"cores busy on average {peak['busy_cores']:.2f} of {os.cpu_count()}; "
-                f"ratio to baseline {rate / cores / baseline:.2f}; "
+                f"ratio to baseline {rate / cores / baselines[cores]:.2f}; "
                 f"{rate / cores / DATA_JUICER_PAIRS_PER_CORE:.1f}x Data-Juicer's {DATA_JUICER_PAIRS_PER_CORE}/core"
             )
         if args.remove_corpora:
