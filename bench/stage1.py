@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from filters.config import load_config  # noqa: E402
 from filters.image_rules import decode_phash  # noqa: E402
 from filters.langid import LanguageId  # noqa: E402
-from formats.files import drop_cached  # noqa: E402
 from filters.curate import first_reject  # noqa: E402
+from formats.files import drop_cached  # noqa: E402
 from formats.sources.img2dataset import read_webdataset  # noqa: E402
 from pipelines.heap import ARROW_POOL, IMAGE_POOL  # noqa: E402
 from synthetic.raw_corpus import make_sample  # noqa: E402

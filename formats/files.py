@@ -18,6 +18,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
 def _resolve(path: str) -> tuple[pafs.FileSystem, str]:
     if "://" in path:
         return pafs.FileSystem.from_uri(path)
@@ -106,7 +110,7 @@ def local_copy(path: str) -> str:
     """A remote file or folder (gs://, s3://, hdfs://: a model's weights) copied once per machine into
     the temporary folder, under a name of its own; returns the local path. A local path as it is. A
     worker calls this where the launcher's paths are not visible: remote paths are the same everywhere."""
-    if "://" not in path or path.startswith("file://"):
+    if _is_local(path):
         return path
     name = posixpath.basename(path.rstrip("/")) or "model"
     target = os.path.join(tempfile.gettempdir(), "qwen-vl-data-models", hashlib.blake2b(path.encode(), digest_size=8).hexdigest(), name)
@@ -130,10 +134,10 @@ def drop_cached(path: str) -> bool:
     posix_fadvise. On the project's CPU machine, a VM that hands free memory back to its host, writing
     into freshly freed pages is 15x cheaper than into pages the host took back (1 GB in 0.15 s of
     system time against 2.3 s)."""
-    if "://" in path or not hasattr(os, "posix_fadvise"):
+    if not _is_local(path) or not hasattr(os, "posix_fadvise"):
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(_resolve(path)[1], os.O_RDONLY)
     except OSError:
         return False
     try:

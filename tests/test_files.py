@@ -10,7 +10,6 @@ import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 import pytest
 
 from formats.files import create_file, drop_cached, open_file, parquet_file, tar_samples
@@ -122,5 +121,7 @@ def test_drop_cached_frees_a_files_clean_pages(tmp_path):
 
 
 def test_drop_cached_does_nothing_where_it_cannot(tmp_path):
+    (tmp_path / "here.tar").write_bytes(b"x")
+    assert drop_cached(f"file://{tmp_path}/here.tar") is True  # a local file named by URI is local
     assert drop_cached("gs://bucket/shard.tar") is False
     assert drop_cached(str(tmp_path / "gone.tar")) is False
