@@ -19,8 +19,9 @@ where its hex would take 17).
    (pipelines/connected_components.py) into node -> root, the smallest hash of its component.
 4. Keeper: each member goes to its node's root (Lookup), and the members of each root are read twice:
    once for the keeper, the best of them (the longest caption, ties to the smallest uid:
-   filters.dedup.preference), once to name it in every other member's detail: "exact duplicate of UID"
-   (same bytes) or "near duplicate of UID (pHash distance D)".
+   filters.dedup.preference), once to name it beside every other member with their pHash distance, or
+   None for the same bytes (rejected/'s detail: "exact duplicate of UID" or "near duplicate of UID
+   (pHash distance D)", duplicate_detail).
 
 Shuffle per candidate: its slim record twice (about 110 bytes each with its key: by node to meet its
 root, by root to meet its keeper) and its pHash once (to find the distinct hashes); per distinct hash,
@@ -63,11 +64,16 @@ def rank(m: Member) -> tuple[int, str]:
     return preference(m.caption_chars, m.uid)
 
 
-def duplicate_detail(m: Member, keeper: Member) -> str:
-    """Why `m` is a duplicate of `keeper`: the same bytes, or a pHash distance."""
-    if m.digest == keeper.digest:
-        return f"exact duplicate of {keeper.uid}"
-    return f"near duplicate of {keeper.uid} (pHash distance {hash_distance(m.phash, keeper.phash)})"
+def duplicate_distance(m: Member, keeper: Member) -> int | None:
+    """None where `m` has the keeper's bytes (an exact duplicate), else their pHash distance."""
+    return None if m.digest == keeper.digest else hash_distance(m.phash, keeper.phash)
+
+
+def duplicate_detail(keeper: str, distance: int | None) -> str:
+    """Why a member is a duplicate of the one kept (uid `keeper`), as rejected/'s detail says it."""
+    if distance is None:
+        return f"exact duplicate of {keeper}"
+    return f"near duplicate of {keeper} (pHash distance {distance})"
 
 
 def verified_pairs(bucket: tuple, k: int) -> list[tuple[int, int]]:
@@ -106,19 +112,21 @@ class Lookup(beam.PTransform):
 
 
 def duplicates_in_group(group: tuple):
-    """(root, the records of its component's members) -> (member, the keeper's uid, detail) for each
-    member but the keeper, the best of them (the smallest `rank`, a total order, so every runner and every
+    """(root, the records of its component's members) -> (member, the keeper's uid, duplicate_distance)
+    for each member but the keeper, the best of them (the smallest `rank`, a total order, so every runner and every
     order of the group agrees). The group is read twice, never listed."""
     _, records = group
     keeper = min(members_of(records), key=rank)
     for m in members_of(records):
         if m.uid != keeper.uid:
             Metrics.counter("dedup", "duplicates").inc()
-            yield m, keeper.uid, duplicate_detail(m, keeper)
+            yield m, keeper.uid, duplicate_distance(m, keeper)
 
 
 class FindDuplicates(beam.PTransform):
-    """Members -> (member, the keeper's uid, detail) for every member that is a duplicate of another one."""
+    """Members -> (member, the keeper's uid, duplicate_distance) for every member that is a duplicate of
+    another one: the detail rejected/ gives (duplicate_detail) is made where the row is written, so the
+    decision travels as two uids and a small integer."""
 
     def __init__(self, max_distance: int = DEFAULT_MAX_DISTANCE, rounds: int = DEFAULT_ROUNDS):
         super().__init__()

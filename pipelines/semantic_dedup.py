@@ -3,8 +3,9 @@ filters/semantic_dedup.py inside each cluster.
 
 Input: (uid, work_file, embedding) rows, the embedding as float16 bytes (filters/semantic_dedup.py) or an
 array. Output: {"duplicates": (work_file, (uid, (keeper uid, detail))) per dropped row, the shape of
-pipelines/find_duplicates.py's answer keyed by work file; "clusters": a singleton {"clusters": non-empty
-clusters, "largest": members of the largest, "split": clusters cut into sub-groups}}.
+stage 1's duplicate records (pipelines/stage1.py: duplicate_by_file) with rejected/'s detail in place of
+a pHash distance; "clusters": a singleton {"clusters": non-empty clusters, "largest": members of the
+largest, "split": clusters cut into sub-groups}}.
 
 1. Sample: the `sample_size` rows whose seeded hash of the uid is smallest (Beam's Top combine over
    (hash, embedding)): a uniform sample, the same on every run. Beam's Sample.FixedSizeGlobally draws

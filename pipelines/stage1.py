@@ -37,14 +37,14 @@ from formats.pair import Reject
 from pipelines import resume as resume_lib
 from pipelines import stage1_report as report_lib
 from pipelines.connected_components import DEFAULT_ROUNDS
-from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates
+from pipelines.find_duplicates import DEFAULT_MAX_DISTANCE, FindDuplicates, Member, duplicate_detail
 from pipelines.heap import map_large_blocks
 from pipelines.inputs import Input, resolve_input
 from pipelines.runner import counter_totals, pipeline_options
-from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource, candidates_folder
+from pipelines.screen_files import COUNTS, FILES, WORK, ScreenFile, ScreenSource
 from pipelines.semantic_dedup import DEFAULT_ITERATIONS, DEFAULT_MAX_CLUSTER_SIZE, MAX_DEFAULT_CLUSTERS, PAIRS_PER_CLUSTER, SemanticDedup
 from pipelines.sink import REJECTED, ParquetFile
-from pipelines.work_files import JoinByFile, read_work_file, read_work_tables
+from pipelines.work_files import JoinByFile, file_name, read_work_file, read_work_tables
 
 LANGUAGES = "languages"  # Decide's output tag: ((source, language), count) of the kept rows
 log = logging.getLogger("stage1")
@@ -116,8 +116,8 @@ class Decide(beam.DoFn):
     def decide(self, uid: str, source: str, decisions: dict, thresholds: dict) -> tuple[Reject | None, dict]:
         """(the row's Reject or None, its scores: {} where CLIP did not run)."""
         if uid in decisions["duplicate"]:
-            keeper, detail = decisions["duplicate"][uid]
-            return Reject(reasons.DUPLICATE, detail, keeper), {}
+            keeper, distance = decisions["duplicate"][uid]
+            return Reject(reasons.DUPLICATE, duplicate_detail(keeper, distance), keeper), {}
         if not thresholds:  # CLIP did not run
             return None, {}
         found = decisions["score"][uid]
@@ -132,7 +132,7 @@ class Decide(beam.DoFn):
     def process(self, joined: tuple, thresholds: dict):
         path, by_kind = joined
         decisions = {kind: dict(by_kind.get(kind, ())) for kind in ("duplicate", "score", "semantic")}
-        name = path.rsplit("/", 1)[-1]
+        name = file_name(path)
         outputs = {"curated": FileSystems.join(self.output, "curated", name), REJECTED: FileSystems.join(self.output, "rejected", f"run-{name}")}
         writers, outcomes, languages = {}, Counter(), Counter()
         for table in read_work_tables(path):
@@ -163,14 +163,20 @@ class Decide(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LANGUAGES, item)
 
 
+def duplicate_by_file(m: Member, keeper: str, distance: int | None) -> tuple:
+    """A duplicate from FindDuplicates -> the record JoinByFile takes: (its work file's name, (uid, (keeper,
+    distance))), 108 bytes as Beam encodes it with 32-character uids."""
+    return m.where, (m.uid, (keeper, distance))
+
+
 def not_duplicates(joined: tuple):
-    """(work file, its decisions) -> its rows that are not duplicates, each with the file in `work_file`
-    (the CLIP score's key carries it back)."""
+    """(work file, its decisions) -> its rows that are not duplicates, each with the file's name in
+    `work_file` (the CLIP score's key carries it back)."""
     path, decisions = joined
     duplicates = {uid for uid, _ in decisions["duplicate"]}
     for row in read_work_file(path):
         if row["uid"] not in duplicates:
-            yield {**row, "work_file": path}
+            yield {**row, "work_file": file_name(path)}
 
 
 def semantic_candidate(scored: tuple, thresholds: dict, configs: dict[str, SourceConfig]):
@@ -244,7 +250,6 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
     The report is built from the outcome counts of the first and last passes, summed per key."""
     keep_images = settings["keep_rejected_images"]
     langid, work = settings["langid"], FileSystems.join(output, WORK)
-    candidates = candidates_folder(work)
     langid_model = None if langid["from_package"] else langid["model"]
     screened = [
         p | f"Screen[{inp.source}]" >> ScreenSource(inp, ScreenFile(inp, configs[inp.source], langid_model, keep_images, output, work, resume))
@@ -255,7 +260,7 @@ def build_pipeline(p, inputs: list[Input], configs: dict, output: str, settings:
         [s.members for s in screened]
         | "AllMembers" >> beam.Flatten()
         | "Dedup" >> FindDuplicates(settings["dedup"]["max_distance"], settings["dedup"]["rounds"])
-        | "DuplicateByFile" >> beam.MapTuple(lambda m, keeper, detail: (FileSystems.join(candidates, m.where), (m.uid, (keeper, detail))))
+        | "DuplicateByFile" >> beam.MapTuple(duplicate_by_file)
     )
     decisions = {"duplicate": duplicates}
     clip, semdedup = settings["clip"], settings["semdedup"]  # semdedup needs clip (prepare checks it)

@@ -6,8 +6,10 @@ holds the row, so each file is read back together with just its own decisions: a
 whose memory on a worker is one file's decisions (at most ROWS_PER_FILE of them), whatever the run's size.
 
 Shuffle per candidate: its slim record for dedup (pipelines/find_duplicates.py), and back per file, a
-duplicate's (uid, detail) or a score's (uid, float), about 100 bytes; the image bytes go through the
-work folder (written once, read twice: by the CLIP pass and the decision), never through a shuffle.
+duplicate's (uid, (keeper, distance)) or a score's (uid, scores), keyed by the file's name: 108 and
+about 93 bytes as Beam encodes them (203 for a duplicate when it carried its detail string and the
+file's path). The image bytes go through the work folder (written once, read twice: by the CLIP pass
+and the decision), never through a shuffle.
 
 Each input file's candidates go to work files of their own, named after the input (WorkFileWriter), so
 a retried or resumed input rewrites the same files, and everything decided about a work file, written to
@@ -74,14 +76,26 @@ def read_work_file(path: str):
         yield from table.to_pylist()
 
 
+def file_name(path: str) -> str:
+    """A work file's name, without its folder: what the decisions about its rows are keyed by (every work
+    file of a run is in one folder, so the name says which; the path would add ~30-100 bytes a record)."""
+    return FileSystems.split(path)[1]
+
+
 class JoinByFile(beam.PTransform):
-    """Files and per-file decisions -> (path, {name: [(uid, value), ...]}) per file, one entry per kind
-    of decision (e.g. "duplicate", "score"), each a list of at most ROWS_PER_FILE."""
+    """Work files (paths) and decisions keyed by file_name -> (path, {kind: [(uid, value), ...]}) per file,
+    one entry per kind of decision (e.g. "duplicate", "score"), each a list of at most ROWS_PER_FILE."""
 
     def __init__(self, decisions: dict):
         super().__init__()
         self.decisions = decisions
 
     def expand(self, files):
-        keyed = {"file": files | "KeyFiles" >> beam.Map(lambda path: (path, None)), **self.decisions}
-        return keyed | "ByFile" >> beam.CoGroupByKey() | "Decisions" >> beam.MapTuple(lambda path, found: (path, {n: found[n] for n in self.decisions}))
+        kinds = list(self.decisions)
+
+        def with_path(name, found):
+            (path,) = found["file"]  # exactly one work file of each name
+            return path, {kind: found[kind] for kind in kinds}
+
+        keyed = {"file": files | "KeyFiles" >> beam.Map(lambda path: (file_name(path), path)), **self.decisions}
+        return keyed | "ByFile" >> beam.CoGroupByKey() | "Decisions" >> beam.MapTuple(with_path)

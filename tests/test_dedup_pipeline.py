@@ -6,7 +6,7 @@ import random
 import apache_beam as beam
 
 from filters.dedup import phash_int64, preference
-from pipelines.find_duplicates import FindDuplicates, Member, duplicates_in_group, member, members_of
+from pipelines.find_duplicates import FindDuplicates, Member, duplicate_detail, duplicates_in_group, member, members_of
 
 
 def brute_force_duplicates(rows: list[dict], k: int) -> dict[str, str]:
@@ -52,15 +52,15 @@ def planted_rows(seed: int = 0, originals: int = 300) -> list[dict]:
 
 
 def run_find_duplicates(rows: list[dict], k: int, tmp_path) -> dict[str, str]:
-    """uid -> detail of each duplicate found; each detail names the keeper that FindDuplicates gave."""
+    """uid -> rejected/'s detail of each duplicate found (duplicate_detail of the keeper and distance that
+    FindDuplicates gave)."""
     out = tmp_path / f"found-{k}.jsonl"
     with beam.Pipeline("FnApiRunner") as p:
         curated = p | beam.Create(rows) | beam.Map(lambda row: {**row, "phash": phash_int64(row["phash"])})  # as curate() writes it
         found = curated | beam.Map(member) | FindDuplicates(k)
-        found | beam.MapTuple(lambda m, keeper, detail: json.dumps((m.uid, keeper, detail))) | beam.io.WriteToText(str(out), shard_name_template="")
+        found | beam.MapTuple(lambda m, keeper, distance: json.dumps((m.uid, keeper, distance))) | beam.io.WriteToText(str(out), shard_name_template="")
     found = [json.loads(line) for line in out.read_text().splitlines()]
-    assert all(detail.split(" of ")[1].split(" ")[0] == keeper for _, keeper, detail in found)
-    return {uid: detail for uid, _, detail in found}
+    return {uid: duplicate_detail(keeper, distance) for uid, keeper, distance in found}
 
 
 def test_finds_every_planted_duplicate_and_keeps_the_longest_caption(tmp_path):
@@ -90,8 +90,9 @@ def test_distance_zero_joins_only_identical_hashes(tmp_path):
 
 def test_keeper_and_details_of_one_component():
     members = [Member("u2", 0xFF, 14, b"d1"), Member("u1", 0xFE, 5, b"d2"), Member("u3", 0xFF, 5, b"d1")]
-    found = [(m.uid, keeper, detail) for m, keeper, detail in duplicates_in_group((0xFE, members))]
-    assert found == [("u1", "u2", "near duplicate of u2 (pHash distance 1)"), ("u3", "u2", "exact duplicate of u2")]  # the longest caption keeps
+    found = [(m.uid, keeper, distance) for m, keeper, distance in duplicates_in_group((0xFE, members))]
+    assert found == [("u1", "u2", 1), ("u3", "u2", None)]  # the longest caption keeps; u3 has its bytes
+    assert [duplicate_detail(keeper, distance) for _, keeper, distance in found] == ["near duplicate of u2 (pHash distance 1)", "exact duplicate of u2"]
     assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[2], members[1]]))] == [("u3", "u1")]  # same length: smallest uid
     assert [(m.uid, keeper) for m, keeper, _ in duplicates_in_group(("n", [members[1], members[2]]))] == [("u3", "u1")]  # in either order
 
@@ -118,3 +119,16 @@ def test_member_records_travel_as_plain_tuples():
     encoded = FastPrimitivesCoder().encode(tuple(m))
     assert b"Member" not in encoded and len(encoded) == 99
     assert list(members_of([FastPrimitivesCoder().decode(encoded)])) == [m]
+
+
+def test_a_duplicate_travels_to_its_work_file_as_two_uids_and_a_distance():
+    """What stage 1 shuffles back to a duplicate's work file: no detail string, no folder."""
+    from apache_beam.coders import FastPrimitivesCoder
+
+    from pipelines.stage1 import duplicate_by_file
+
+    m = Member("0123456789abcdef" * 2, 7, 9, b"d" * 16, "0123456789abcdef-00000.parquet")
+    record = duplicate_by_file(m, "fedcba9876543210" * 2, 3)
+    assert record == ("0123456789abcdef-00000.parquet", ("0123456789abcdef" * 2, ("fedcba9876543210" * 2, 3)))
+    assert len(FastPrimitivesCoder().encode(record)) == 108
+    assert len(FastPrimitivesCoder().encode(duplicate_by_file(m, "fedcba9876543210" * 2, None))) == 107  # same bytes
