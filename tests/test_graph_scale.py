@@ -5,6 +5,8 @@ The graphs are built, not run, from the same prepare() a user's command goes thr
 semantic dedup on (their branches add the threshold side input and the k-means summaries), so a new step
 that broadcasts or gathers data fails here."""
 
+import shutil
+
 import apache_beam as beam
 from apache_beam.pipeline import PipelineVisitor
 
@@ -71,9 +73,12 @@ class GraphAudit(PipelineVisitor):
 
 def audit(build) -> GraphAudit:
     p = beam.Pipeline("FnApiRunner")
-    build(p)
-    found = GraphAudit()
-    p.visit(found)
+    try:
+        build(p)
+        found = GraphAudit()
+        p.visit(found)
+    finally:
+        shutil.rmtree(p.local_tempdir)  # made by Pipeline(), removed by run(): this one is never run
     return found
 
 
