@@ -113,8 +113,8 @@ class Lookup(beam.PTransform):
 
 def duplicates_in_group(group: tuple):
     """(root, the records of its component's members) -> (member, the keeper's uid, duplicate_distance)
-    for each member but the keeper, the best of them (the smallest `rank`, a total order, so every runner and every
-    order of the group agrees). The group is read twice, never listed."""
+    for each member but the keeper, the best of them (the smallest `rank`, a total order, so every runner
+    and every order of the group agrees). The group is read twice, never listed."""
     _, records = group
     keeper = min(members_of(records), key=rank)
     for m in members_of(records):

@@ -120,7 +120,7 @@ def test_drop_cached_frees_a_files_clean_pages(tmp_path):
         assert len(f.read()) == 4 << 20  # the file itself is untouched
 
 
-def test_drop_cached_does_nothing_where_it_cannot(tmp_path):
+def test_drop_cached_acts_on_local_files_only(tmp_path):
     (tmp_path / "here.tar").write_bytes(b"x")
     assert drop_cached(f"file://{tmp_path}/here.tar") is True  # a local file named by URI is local
     assert drop_cached("gs://bucket/shard.tar") is False
